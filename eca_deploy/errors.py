@@ -1,0 +1,15 @@
+"""Errors a user can act on. The CLI prints them as one sentence and exits with their code."""
+
+from __future__ import annotations
+
+
+class EcaDeployError(Exception):
+    """Bad input or an unmet requirement: printed without a traceback, exit code 2."""
+
+    exit_code = 2
+
+
+class ParityError(EcaDeployError):
+    """A backend's outputs disagree with the PyTorch FP32 reference beyond tolerance: exit code 1."""
+
+    exit_code = 1

@@ -1,0 +1,115 @@
+"""One registry of zoo architectures: name -> constructor and the layout of its ECA layers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from eca_deploy.errors import EcaDeployError
+from eca_deploy.models.layers import adaptive_kernel_size
+from eca_deploy.models.mobilenetv2 import EcaMobileNetV2, block_output_channels
+from eca_deploy.models.resnet import EcaBasicBlock, EcaBottleneck, EcaResNet
+
+KernelSpec = str | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A zoo architecture.
+
+    ``eca_channels`` lists the channel count of every ECA layer in forward order and
+    ``kernel_groups`` the group each belongs to, so that a spec like ``k3557`` (one digit per
+    group: ResNet stages; for MobileNetV2 the blocks with <= 96 and > 96 output channels)
+    expands to one kernel size per ECA layer.
+    """
+
+    name: str
+    description: str
+    default_kernels: str
+    eca_channels: tuple[int, ...]
+    kernel_groups: tuple[int, ...]
+    _build: Callable[[Sequence[int], int], nn.Module]
+
+    @property
+    def num_eca_layers(self) -> int:
+        return len(self.eca_channels)
+
+    def kernel_sizes(self, spec: KernelSpec | None = None) -> list[int]:
+        """Expand ``spec`` ("k3557", "adaptive", or one int per ECA layer) to one k per ECA layer."""
+        spec = self.default_kernels if spec is None else spec
+        if not isinstance(spec, str):
+            sizes = [int(k) for k in spec]
+            if len(sizes) != self.num_eca_layers:
+                raise EcaDeployError(f"{self.name} has {self.num_eca_layers} ECA layers, got {len(sizes)} kernel sizes")
+        elif spec == "adaptive":
+            sizes = [adaptive_kernel_size(c) for c in self.eca_channels]
+        else:
+            num_groups = max(self.kernel_groups) + 1
+            match = re.fullmatch(r"k(\d{%d})" % num_groups, spec)
+            if match is None:
+                raise EcaDeployError(
+                    f"kernel spec {spec!r} does not fit {self.name}: use 'adaptive' or 'k' and {num_groups} "
+                    f"digits (e.g. {self.default_kernels})")
+            per_group = [int(d) for d in match.group(1)]
+            sizes = [per_group[g] for g in self.kernel_groups]
+        if any(k < 1 or k % 2 == 0 for k in sizes):
+            raise EcaDeployError(f"ECA kernel sizes must be positive odd numbers, got {sorted(set(sizes))}")
+        return sizes
+
+    def build(self, kernels: KernelSpec | None = None, num_classes: int = 1000) -> nn.Module:
+        """Construct the model with randomly initialised weights."""
+        return self._build(self.kernel_sizes(kernels), num_classes)
+
+
+def _resnet(name: str, block: type[EcaBasicBlock] | type[EcaBottleneck], layers: tuple[int, ...],
+            default_kernels: str) -> Architecture:
+    widths = (64, 128, 256, 512)
+    return Architecture(
+        name=name,
+        description=f"ECA-ResNet-{name.removeprefix('eca_resnet')} ({block.__name__[3:]} {list(layers)})",
+        default_kernels=default_kernels,
+        eca_channels=tuple(w * block.expansion for w, n in zip(widths, layers) for _ in range(n)),
+        kernel_groups=tuple(stage for stage, n in enumerate(layers) for _ in range(n)),
+        _build=lambda sizes, num_classes: EcaResNet(block, layers, sizes, num_classes),
+    )
+
+
+def _mobilenet_v2() -> Architecture:
+    channels = tuple(block_output_channels())
+    return Architecture(
+        name="eca_mobilenet_v2",
+        description="ECA-MobileNetV2 (17 inverted residual blocks, width 1.0)",
+        default_kernels="k13",
+        eca_channels=channels,
+        kernel_groups=tuple(int(c > 96) for c in channels),
+        _build=lambda sizes, num_classes: EcaMobileNetV2(sizes, num_classes),
+    )
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    arch.name: arch
+    for arch in (
+        _resnet("eca_resnet18", EcaBasicBlock, (2, 2, 2, 2), "k3333"),
+        _resnet("eca_resnet34", EcaBasicBlock, (3, 4, 6, 3), "k3333"),
+        _resnet("eca_resnet50", EcaBottleneck, (3, 4, 6, 3), "k3557"),
+        _resnet("eca_resnet101", EcaBottleneck, (3, 4, 23, 3), "k3357"),
+        _resnet("eca_resnet152", EcaBottleneck, (3, 8, 36, 3), "k3357"),
+        _mobilenet_v2(),
+    )
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    """Look up a zoo architecture by name; unknown names raise with the list of known ones."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise EcaDeployError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}") from None
+
+
+def create_model(name: str, kernels: KernelSpec | None = None, num_classes: int = 1000) -> nn.Module:
+    """Build a zoo model (random weights) in eval mode."""
+    return get_architecture(name).build(kernels, num_classes).eval()
