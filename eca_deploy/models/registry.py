@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from eca_deploy.errors import EcaDeployError
@@ -113,3 +114,30 @@ def get_architecture(name: str) -> Architecture:
 def create_model(name: str, kernels: KernelSpec | None = None, num_classes: int = 1000) -> nn.Module:
     """Build a zoo model (random weights) in eval mode."""
     return get_architecture(name).build(kernels, num_classes).eval()
+
+
+def calibrate_batchnorm(model: nn.Module, image_size: int = 224, seed: int = 0, batches: int = 2) -> nn.Module:
+    """Re-estimate BatchNorm statistics on seeded random images so random weights give sane logits.
+
+    With default BN buffers a randomly initialised MobileNetV2 produces logits around 1e-12,
+    which makes parity checks meaningless; after calibration activations have unit scale.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(8, 3, image_size, image_size, generator=generator))
+    for norm in norms:
+        norm.momentum = 0.1
+    return model.eval()
+
+
+def create_demo_model(name: str, kernels: KernelSpec | None = None, num_classes: int = 1000,
+                      seed: int = 0) -> nn.Module:
+    """A zoo model with seeded random weights and calibrated BatchNorm: for demos and tests."""
+    torch.manual_seed(seed)
+    return calibrate_batchnorm(create_model(name, kernels, num_classes), image_size=112, seed=seed)

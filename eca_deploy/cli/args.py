@@ -1,0 +1,45 @@
+"""Argument groups shared by subcommands, so a flag means the same thing everywhere."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eca_deploy.models import ARCHITECTURES
+
+DEFAULT_SOURCE = "eca_mobilenet_v2"
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Where the PyTorch model comes from: checkpoint file or zoo name, and overrides."""
+    group = parser.add_argument_group("model")
+    group.add_argument("source", nargs="?", default=DEFAULT_SOURCE,
+                       help="checkpoint (.pth.tar in the authors' format, state dict, TorchScript) or a zoo "
+                            f"name for random weights (default: {DEFAULT_SOURCE}); zoo: {', '.join(ARCHITECTURES)}")
+    group.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture (default: inferred from the keys)")
+    group.add_argument("--kernels", metavar="SPEC",
+                       help="ECA kernel sizes for zoo names, e.g. k3557 or adaptive (checkpoints: read from the weights)")
+    group.add_argument("--num-classes", type=int, metavar="N", help="classes (default: from the checkpoint, or 1000)")
+    group.add_argument("--allow-pickle", action="store_true",
+                       help="allow checkpoints holding a pickled nn.Module; unpickling runs code from the file, "
+                            "so only use it for files you trust")
+    group.add_argument("--input-size", type=int, default=224, metavar="PX",
+                       help="square input resolution (default: 224)")
+
+
+def add_output_args(parser: argparse.ArgumentParser, default_dir: str = "exported") -> None:
+    """Where results go and how chatty the command is."""
+    group = parser.add_argument_group("output")
+    group.add_argument("-o", "--output-dir", type=Path, default=Path(default_dir),
+                       help=f"folder for the files written (default: ./{default_dir})")
+    group.add_argument("-q", "--quiet", action="store_true", help="print only errors and the final summary")
+
+
+def add_engine_profile_args(parser: argparse.ArgumentParser) -> None:
+    """The dynamic-batch optimisation profile of a TensorRT engine."""
+    group = parser.add_argument_group("engine profile")
+    group.add_argument("--min-batch", type=int, default=1, metavar="N", help="smallest batch (default: 1)")
+    group.add_argument("--opt-batch", type=int, default=8, metavar="N", help="batch tuned for (default: 8)")
+    group.add_argument("--max-batch", type=int, default=32, metavar="N", help="largest batch (default: 32)")
+    group.add_argument("--plugin", type=Path, metavar="SO",
+                       help="libeca_plugin.so for fused EcaAttention nodes (default: $ECA_PLUGIN_LIBRARY)")

@@ -1,0 +1,45 @@
+"""List the zoo architectures and the authors' released checkpoints.
+
+Examples:
+  eca-deploy zoo
+  eca-deploy zoo --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+
+from eca_deploy.models import ARCHITECTURES
+from eca_deploy.resources import resource_path
+
+
+def released_checkpoints() -> list[dict]:
+    """Entries of ``models/zoo.yaml``: the released ECA-Net checkpoints and their published accuracy."""
+    return yaml.safe_load(resource_path("models/zoo.yaml").read_text())["checkpoints"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    architectures = [
+        {"name": a.name, "description": a.description, "default_kernels": a.default_kernels,
+         "eca_layers": a.num_eca_layers}
+        for a in ARCHITECTURES.values()
+    ]
+    checkpoints = released_checkpoints()
+    if args.json:
+        print(json.dumps({"architectures": architectures, "checkpoints": checkpoints}, indent=2))
+        return 0
+    print("Architectures (random weights by name, or load a checkpoint of that shape):")
+    for a in architectures:
+        print(f"  {a['name']:<18} {a['default_kernels']:<8} {a['eca_layers']:>3} ECA layers  {a['description']}")
+    print("\nReleased checkpoints (ImageNet 224x224, published accuracy):")
+    print(f"  {'file':<30} {'arch':<18} {'kernels':<8} {'top-1':>6} {'top-5':>6}")
+    for c in checkpoints:
+        print(f"  {c['file']:<30} {c['arch']:<18} {c['kernels']:<8} {c['top1']:>6.2f} {c['top5']:>6.2f}")
+    return 0
