@@ -27,3 +27,10 @@ def staged_outputs(output_dir: Path) -> Iterator[Path]:
             os.replace(item, output_dir / item.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    with staged_outputs(path.parent) as staging:
+        (staging / path.name).write_text(text)
