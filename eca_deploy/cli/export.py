@@ -1,0 +1,134 @@
+"""Export a checkpoint to checked ONNX (plain and ECA-fused), verify parity on ONNX Runtime CPU.
+
+Reads the architecture and every ECA kernel size from the checkpoint, exports with a dynamic batch
+axis (input "input", output "logits", float32 I/O), fuses every ECA block into one EcaAttention node
+(model.eca.onnx) and checks both files against PyTorch FP32 on seeded inputs (batches 1 and 3).
+Exit codes: 0 success, 1 parity failed (files are kept for inspection), 2 bad input.
+
+Examples:
+  eca-export                                   # built-in ECA-MobileNetV2 demo, random weights
+  eca-export eca_resnet50_k3557.pth.tar --fp16 -o out/
+  eca-export model.pt --arch eca_resnet50 --engine --max-batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import onnx
+
+from eca_deploy import __version__
+from eca_deploy._io import staged_outputs
+from eca_deploy.checkpoints import load_model
+from eca_deploy.cli.args import add_engine_profile_args, add_model_args, add_output_args
+from eca_deploy.errors import EcaDeployError, ParityError
+from eca_deploy.export import DEFAULT_OPSET, EXPORTERS, check_onnx, export_onnx, save_onnx
+from eca_deploy.parity import check_onnx_parity
+from eca_deploy.passes import fuse_eca
+from eca_deploy.progress import Progress
+
+REPORT_SCHEMA_VERSION = 1
+_CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".ckpt", ".bin")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_args(parser)
+    group = parser.add_argument_group("export")
+    group.add_argument("--fp16", action="store_true",
+                       help="write an FP16 model (FP16 compute, float32 input/output with one Cast at each edge)")
+    group.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    group.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
+                       help="PyTorch exporter (default: dynamo, the cleanest graph; legacy is faster and is "
+                            "always used for TorchScript)")
+    group.add_argument("--external-data", action="store_true",
+                       help="store weights in <model>.onnx.data beside the model (needed above 2 GB)")
+    group.add_argument("--name", help="file name stem (default: the checkpoint's name)")
+    fusion = parser.add_argument_group("ECA fusion")
+    fusion.add_argument("--no-fuse", action="store_true", help="skip the ECA fusion pass (no model.eca.onnx)")
+    fusion.add_argument("--expect", type=int, metavar="N", help="fail unless exactly N ECA blocks are fused")
+    parity = parser.add_argument_group("parity")
+    parity.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs (default: 0)")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--engine", action="store_true",
+                        help="also build a TensorRT engine from the fused model (needs TensorRT)")
+    add_engine_profile_args(parser)
+    add_output_args(parser)
+
+
+def output_stem(source: str) -> str:
+    """File name stem for outputs: the checkpoint's name without its suffixes, or the zoo name."""
+    name = Path(source).name
+    for suffix in _CHECKPOINT_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = Progress(total_steps=4 - args.no_fuse + args.engine, quiet=args.quiet)
+    precision = "fp16" if args.fp16 else "fp32"
+    stem = args.name or output_stem(args.source)
+    tag = f"{stem}.fp16" if args.fp16 else stem
+    input_shape = (3, args.input_size, args.input_size)
+
+    with progress.step(f"Loading {args.source}"):
+        loaded = load_model(args.source, arch=args.arch, kernels=args.kernels, num_classes=args.num_classes,
+                            allow_pickle=args.allow_pickle)
+    progress.info(f"  {loaded.arch or 'unknown architecture'}, ECA kernels {loaded.kernel_spec}, "
+                  f"{loaded.num_classes} classes ({loaded.source_kind})")
+
+    report: dict = {"schema_version": REPORT_SCHEMA_VERSION, "tool": f"eca-deploy {__version__}",
+                    "source": args.source, "source_kind": loaded.source_kind, "arch": loaded.arch,
+                    "kernel_sizes": list(loaded.kernel_sizes), "num_classes": loaded.num_classes,
+                    "precision": precision, "input_shape": list(input_shape)}
+    with staged_outputs(args.output_dir) as staging:
+        with progress.step(f"Exporting {precision.upper()} ONNX ({args.exporter} exporter, opset {args.opset})"):
+            exported = export_onnx(loaded.module, staging / f"{tag}.onnx", input_shape=input_shape,
+                                   precision=precision, opset=args.opset, exporter=args.exporter,
+                                   external_data=args.external_data)
+        report["export"] = exported.to_dict()
+        onnx_files = [exported.path]
+
+        if not args.no_fuse:
+            with progress.step("Fusing ECA blocks"):
+                fused_model, fusion = fuse_eca(onnx.load(str(exported.path)))
+                fused_path = staging / f"{tag}.eca.onnx"
+                save_onnx(fused_model, fused_path, args.external_data)
+                check_onnx(fused_path)
+            progress.info(fusion.summary_table())
+            report["fusion"] = fusion.to_dict()
+            onnx_files.append(fused_path)
+            if args.expect is not None and fusion.num_fused != args.expect:
+                raise EcaDeployError(f"fused {fusion.num_fused} ECA blocks, expected {args.expect}")
+
+        with progress.step("Checking parity on ONNX Runtime CPU"):
+            parities = [check_onnx_parity(loaded.module, path, precision=precision, input_shape=input_shape,
+                                          seed=args.seed) for path in onnx_files]
+        for parity in parities:
+            progress.info(f"  {parity.summary()}")
+        report["parity"] = [parity.to_dict() for parity in parities]
+
+        if args.engine:
+            from eca_deploy.engine import build_engine  # TensorRT is optional: import only when asked
+
+            with progress.step("Building TensorRT engine"):
+                engine = build_engine(onnx_files[-1], staging / f"{tag}.engine", precision=precision,
+                                      batch=(args.min_batch, args.opt_batch, args.max_batch),
+                                      plugin_library=args.plugin, progress=progress)
+            report["engine"] = engine.to_dict()
+
+        report_path = staging / f"{tag}.report.json"
+        written = sorted(p.name for p in staging.iterdir()) + [report_path.name]
+        report["files"] = written
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"Wrote to {args.output_dir}/:")
+    for name in written:
+        print(f"  {name}")
+    failed = [Path(p.model).name for p in parities if not p.passed]
+    if failed:
+        raise ParityError(f"parity failed for {', '.join(failed)}; see {args.output_dir / report_path.name}")
+    return 0
+
