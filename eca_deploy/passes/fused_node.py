@@ -1,0 +1,105 @@
+"""The fused ``EcaAttention`` node and its model-local fallback function.
+
+The node takes (x, weight): x is N x C x H x W, weight the [1, 1, k] conv taps in x's dtype. Its
+attributes are the schema's fields (``kernel_size``, ``pad_mode``) plus ``plugin_namespace`` and
+``plugin_version``, which TensorRT's ONNX parser reads to find the plugin creator. The function of
+the same name and domain carries the plain ECA computation, so ONNX Runtime runs the fused model
+and TensorRT without the plugin inlines it into native layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, helper
+
+from eca_deploy.schema import eca_schema
+
+PLUGIN_NAMESPACE_ATTR = "plugin_namespace"
+PLUGIN_VERSION_ATTR = "plugin_version"
+DOMAIN_VERSION = 1
+WRAP_PAD_MIN_OPSET = 19  # Pad mode "wrap" (circular) exists from opset 19
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset version."""
+    versions = [op.version for op in model.opset_import if op.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ValueError("the model imports no ai.onnx opset")
+    return versions[0]
+
+
+def eca_node_attributes(kernel_size: int, pad_mode: str) -> dict[str, int | str]:
+    """Attributes of an EcaAttention node, named as the schema and TensorRT's parser expect."""
+    schema = eca_schema()
+    if pad_mode not in schema.pad_modes:
+        raise ValueError(f"pad_mode must be one of {schema.pad_modes}, got {pad_mode!r}")
+    kernel_attr, pad_attr = schema.attributes
+    return {kernel_attr: int(kernel_size), pad_attr: pad_mode,
+            PLUGIN_NAMESPACE_ATTR: schema.namespace, PLUGIN_VERSION_ATTR: schema.version}
+
+
+def _int64_constant(name: str, values: list[int]) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name],
+                            value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+
+
+def make_eca_function(opset: int) -> onnx.FunctionProto:
+    """The plain ECA computation as a model-local function for a model of ai.onnx ``opset``.
+
+    GlobalAveragePool -> Reshape [N, 1, C] -> Pad by (k-1)/2 on the channel axis (k read from the
+    weight's shape; mode bound to the node's ``pad_mode`` from opset 19, zero padding before) ->
+    Conv -> Sigmoid -> Reshape [N, C, 1, 1] -> Mul with x.
+    """
+    schema = eca_schema()
+    x, weight = schema.inputs
+    (y,) = schema.outputs
+    _, pad_attr = schema.attributes
+    pad = helper.make_node("Pad", ["sequence", "pads"], ["padded"])
+    if opset >= WRAP_PAD_MIN_OPSET:
+        pad.attribute.append(helper.make_attribute_ref("mode", onnx.AttributeProto.STRING, ref_attr_name=pad_attr))
+    nodes = [
+        helper.make_node("GlobalAveragePool", [x], ["pooled"]),
+        _int64_constant("sequence_shape", [0, 1, -1]),
+        helper.make_node("Reshape", ["pooled", "sequence_shape"], ["sequence"]),
+        helper.make_node("Shape", [weight], ["weight_shape"]),
+        _int64_constant("kernel_axis", [2]),
+        _int64_constant("kernel_axis_end", [3]),
+        helper.make_node("Slice", ["weight_shape", "kernel_axis", "kernel_axis_end"], ["kernel"]),
+        _int64_constant("one", [1]),
+        _int64_constant("two", [2]),
+        helper.make_node("Sub", ["kernel", "one"], ["kernel_minus_one"]),
+        helper.make_node("Div", ["kernel_minus_one", "two"], ["half"]),
+        _int64_constant("no_pads", [0, 0]),
+        helper.make_node("Concat", ["no_pads", "half", "no_pads", "half"], ["pads"], axis=0),
+        pad,
+        helper.make_node("Conv", ["padded", weight], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["gate"]),
+        _int64_constant("gate_shape", [0, -1, 1, 1]),
+        helper.make_node("Reshape", ["gate", "gate_shape"], ["channel_gate"]),
+        helper.make_node("Mul", [x, "channel_gate"], [y]),
+    ]
+    attributes = list(eca_node_attributes(1, schema.pad_modes[0]))
+    return helper.make_function(schema.domain, schema.name, [x, weight], [y], nodes,
+                                [helper.make_opsetid("", opset)], attributes)
+
+
+def make_eca_node(name: str, x: gs.Tensor, weight: gs.Constant, y: gs.Tensor, pad_mode: str) -> gs.Node:
+    """An EcaAttention node computing ``y`` from ``x`` and the [1, 1, k] taps ``weight``."""
+    schema = eca_schema()
+    kernel_size = int(np.prod(weight.shape))
+    return gs.Node(op=schema.name, domain=schema.domain, name=name, inputs=[x, weight], outputs=[y],
+                   attrs=eca_node_attributes(kernel_size, pad_mode))
+
+
+def is_fused_eca_node(node: onnx.NodeProto | gs.Node) -> bool:
+    """Whether ``node`` (ONNX or graphsurgeon) is an EcaAttention node of our domain."""
+    schema = eca_schema()
+    op = node.op if isinstance(node, gs.Node) else node.op_type
+    return op == schema.name and node.domain == schema.domain
+
+
+def count_fused_nodes(model: onnx.ModelProto) -> int:
+    """How many EcaAttention nodes the model's main graph holds (whether the plugin is needed)."""
+    return sum(is_fused_eca_node(node) for node in model.graph.node)
