@@ -13,3 +13,9 @@ class ParityError(EcaDeployError):
     """A backend's outputs disagree with the PyTorch FP32 reference beyond tolerance: exit code 1."""
 
     exit_code = 1
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (or its type name), for one-sentence errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx import helper
 
-from eca_deploy.errors import EcaDeployError
+from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.passes.fused_node import default_opset, make_eca_function, make_eca_node
 from eca_deploy.passes.matcher import EcaMatch, TensorType, find_eca_blocks, label
 from eca_deploy.passes.report import FusedBlock, FusionReport
@@ -34,13 +34,13 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
     except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as error:
-        raise EcaDeployError(f"{path} is not a readable ONNX model: {_first_line(error)}") from error
+        raise EcaDeployError(f"{path} is not a readable ONNX model: {first_line(error)}") from error
     if not model.graph.node and not model.graph.output:
         raise EcaDeployError(f"{path} is not an ONNX model (it holds no graph)")
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError) as error:
-        raise EcaDeployError(f"{path} is not a valid ONNX model: {_first_line(error)}") from error
+        raise EcaDeployError(f"{path} is not a valid ONNX model: {first_line(error)}") from error
     return model
 
 
@@ -141,7 +141,7 @@ def _check(skeleton: onnx.ModelProto, *, full: bool, what: str) -> None:
     try:
         onnx.checker.check_model(skeleton, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as error:
-        raise EcaDeployError(f"{what} is not a valid ONNX model: {_first_line(error)}") from error
+        raise EcaDeployError(f"{what} is not a valid ONNX model: {first_line(error)}") from error
 
 
 def _tensor_types(skeleton: onnx.ModelProto) -> dict[str, TensorType]:
@@ -159,8 +159,3 @@ def _tensor_types(skeleton: onnx.ModelProto) -> dict[str, TensorType]:
     for init in graph.initializer:
         types[init.name] = TensorType(helper.tensor_dtype_to_np_dtype(init.data_type), tuple(init.dims))
     return types
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
