@@ -32,7 +32,9 @@ enum class PadMode : int32_t
 enum class Layout : int32_t
 {
     kNCHW = 0,        //!< linear N x C x H x W
-    kCHANNELS_LAST = 1, //!< N x H x W x pixelStride, channel c at offset c (NHWC, or HWC8 with pixelStride = roundUp(C, 8))
+    kCHANNELS_LAST = 1, //!< N x H x W x pixelStride, channel c at offset c (NHWC, or HWC8 with
+                        //!< pixelStride = roundUp(C, 8)); ecaForward writes zeros to the padding
+                        //!< channels [C, pixelStride) of y
 };
 
 struct EcaParams
@@ -45,15 +47,33 @@ struct EcaParams
     PadMode padMode{PadMode::kCONSTANT};
     DataType dataType{DataType::kFLOAT}; //!< type of x, weight and y
     Layout layout{Layout::kNCHW};
-    int32_t pixelStride{0}; //!< channels-last only: elements between pixels (0 means C)
+    int32_t pixelStride{0}; //!< channels-last: elements between pixels, >= C (0 means C); NCHW: 0 or C
 };
 
-//! Bytes of device scratch ecaForward needs for these parameters (pass at least this much).
+//! Bytes of device scratch ecaForward needs for these parameters (pass at least this much); 0 if
+//! they are invalid. It grows with n * c only: the size for the largest shape serves every smaller one.
 size_t ecaWorkspaceSize(EcaParams const& params) noexcept;
 
 //! Run the fused operator on `stream`: at most two kernel launches, no allocation, deterministic.
 //! x, weight (k taps) and y are device pointers of params.dataType; y may not alias x.
+//! Returns cudaErrorInvalidValue for invalid params or null pointers, else cudaGetLastError().
 cudaError_t ecaForward(EcaParams const& params, void const* x, void const* weight, void* y, void* workspace,
     cudaStream_t stream) noexcept;
+
+//! Launch shape of the single-launch NCHW kernel (eca_single_launch_{f32,f16,bf16} in ecaKernels.cuh,
+//! the kernel TensorRT's Quickly Deployable Plugin AOT path runs), as computed by
+//! eca_deploy.nvrtc.single_launch_params: grid (gridX, 1, 1), block (blockX, 1, 1).
+struct SingleLaunchConfig
+{
+    int32_t channelsPerBlock{0}; //!< channels of one sample that one block gates
+    int32_t gridX{0};            //!< ceil(C / channelsPerBlock) * N
+    int32_t blockX{0};           //!< a multiple of 32, at most 256
+    int32_t sharedBytes{0};      //!< (min(channelsPerBlock + k - 1, C) + channelsPerBlock) * 4
+};
+
+//! Run the fused operator as one kernel launch without workspace (NCHW only, H * W < 2^31), with the
+//! given launch shape; checks the shape, so it also validates what the Python side computes for QDP.
+cudaError_t ecaForwardSingleLaunch(EcaParams const& params, SingleLaunchConfig const& config, void const* x,
+    void const* weight, void* y, cudaStream_t stream) noexcept;
 
 } // namespace eca

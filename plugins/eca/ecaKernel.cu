@@ -1,0 +1,316 @@
+/*
+ * Host side of the fused ECA kernel (ecaKernel.h): validation, launch planning and dispatch. The
+ * device code lives in ecaKernels.cuh, which NVRTC compiles too.
+ *
+ * ecaForward runs two kernels on the caller's stream:
+ *   1. sums:  FP32 sum of every (n, c) plane, optionally split into `splits` partial sums so that
+ *             few large planes still fill the GPU; written to the workspace, no atomics.
+ *   2. gate:  each block turns the sums of the channels its gates read (its channels and their
+ *             (k-1)/2 neighbours on each side) into gates in shared memory, then scales its part
+ *             of x into y: a contiguous chunk in NCHW, a channel tile x pixel rows in channels-last.
+ * The plan (splits, segment lengths, block shapes) depends only on the parameters and on whether
+ * x and y are 16-byte aligned, never on the device, so results are bitwise reproducible.
+ */
+#include "ecaKernel.h"
+
+#include "ecaKernels.cuh"
+
+#include <climits>
+
+namespace eca
+{
+namespace
+{
+
+using kernels::ceilDiv;
+using kernels::index_t;
+using kernels::maxOf;
+using kernels::minOf;
+using kernels::nextPow2;
+
+static_assert(static_cast<int>(PadMode::kCONSTANT) == kernels::kPadConstant, "pad mode codes differ");
+static_assert(static_cast<int>(PadMode::kWRAP) == kernels::kPadWrap, "pad mode codes differ");
+
+constexpr int kBlockThreads = kernels::kMaxBlockThreads;
+//! Threads pass 1 aims for before it splits planes: about a full H100 (132 SMs x 2048 threads).
+constexpr index_t kTargetThreads = 1024 * kBlockThreads;
+constexpr index_t kMinVecsPerThread = 2; //!< pass 1 never splits a plane below this per thread
+constexpr index_t kMinRowsPerThread = 2; //!< same for channels-last pixel rows
+constexpr int kGateVecsPerThread = 4;    //!< pass 2, NCHW: 16-byte vectors per thread and chunk
+constexpr int kGateRowsPerThread = 4;    //!< pass 2, channels-last: pixel rows per thread and block
+//! Pass 2, channels-last, reads every split sum of its channel window once per block: a block covers
+//! at least this many pixel rows per split, which keeps those reads a small fraction of its traffic.
+constexpr index_t kGateRowsPerSplit = 8;
+//! Partial sums pass 1 may write beyond one per (n, c): the workspace holds max(N * C, this) floats,
+//! a bound that grows with N and C alone, so a workspace sized for the largest shape fits all smaller ones.
+constexpr index_t kMaxPartialSums = 32 * 1024;
+constexpr size_t kWorkspaceAlignment = 256;
+constexpr int kMaxDefaultSharedBytes = 48 * 1024;
+
+size_t elementSize(DataType type)
+{
+    return type == DataType::kFLOAT ? sizeof(float) : sizeof(__half);
+}
+
+//! Elements per 16-byte vector.
+int vectorWidth(DataType type)
+{
+    return static_cast<int>(kernels::kVectorBytes / elementSize(type));
+}
+
+bool isAligned(void const* p)
+{
+    return reinterpret_cast<std::uintptr_t>(p) % kernels::kVectorBytes == 0;
+}
+
+index_t planeSize(EcaParams const& p)
+{
+    return static_cast<index_t>(p.h) * p.w;
+}
+
+int pixelStrideOf(EcaParams const& p)
+{
+    return p.layout == Layout::kCHANNELS_LAST && p.pixelStride != 0 ? p.pixelStride : p.c;
+}
+
+bool isValid(EcaParams const& p)
+{
+    bool const dims = p.n > 0 && p.c > 0 && p.h > 0 && p.w > 0;
+    bool const kernel = p.kernelSize > 0 && p.kernelSize % 2 == 1;
+    bool const pad = p.padMode == PadMode::kCONSTANT || p.padMode == PadMode::kWRAP;
+    bool const type = p.dataType == DataType::kFLOAT || p.dataType == DataType::kHALF || p.dataType == DataType::kBF16;
+    bool const layout = (p.layout == Layout::kNCHW && (p.pixelStride == 0 || p.pixelStride == p.c))
+        || (p.layout == Layout::kCHANNELS_LAST && (p.pixelStride == 0 || p.pixelStride >= p.c));
+    return dims && kernel && pad && type && layout;
+}
+
+//! Channel elements per access in channels-last: a 16-byte vector when every pixel row stays
+//! aligned (pixelStride a multiple of it; the caller also checks the pointers), else 1.
+int channelsLastVector(EcaParams const& p)
+{
+    int const vec = vectorWidth(p.dataType);
+    return pixelStrideOf(p) % vec == 0 ? vec : 1;
+}
+
+//! Threads of a channels-last block: TX accesses of `vec` channels across (a power of two; one
+//! 128-byte row segment at most) by TY pixel rows (a power of two); one warp to kBlockThreads.
+dim3 tileBlock(index_t vectors, int vec, DataType type, index_t rows)
+{
+    int const maxTx = static_cast<int>(kernels::kTileRowBytes / (vec * elementSize(type)));
+    int const tx = minOf(nextPow2(vectors), maxTx);
+    int const ty = minOf(maxOf(nextPow2(minOf<index_t>(rows, kBlockThreads)), kernels::kWarpSize / tx),
+        kBlockThreads / tx);
+    return dim3(tx, ty);
+}
+
+//! How pass 1 splits a plane: `splits` parts of `segment` elements (NCHW) or pixel rows
+//! (channels-last), the last one shorter; N * C * splits <= max(N * C, kMaxPartialSums).
+struct SplitPlan
+{
+    int splits;
+    index_t segment;
+};
+
+SplitPlan planSplits(EcaParams const& p)
+{
+    index_t const hw = planeSize(p);
+    index_t splits = 1;
+    index_t unit = 1; // segment granularity
+    if (p.layout == Layout::kNCHW)
+    {
+        int const vec = vectorWidth(p.dataType);
+        int const group = kernels::planeGroupSize(hw, vec, kBlockThreads);
+        index_t const wanted = ceilDiv(kTargetThreads, static_cast<index_t>(p.n) * p.c * group);
+        splits = minOf(wanted, ceilDiv(ceilDiv(hw, vec), group * kMinVecsPerThread));
+        unit = vec;
+    }
+    else
+    {
+        int const vec = channelsLastVector(p);
+        index_t const vectors = ceilDiv(p.c, vec);
+        dim3 const block = tileBlock(vectors, vec, p.dataType, hw);
+        index_t const wanted
+            = ceilDiv(kTargetThreads, static_cast<index_t>(p.n) * ceilDiv(vectors, block.x) * block.x * block.y);
+        index_t const byLength = ceilDiv(hw, block.y * kMinRowsPerThread);
+        index_t const byGate = block.y * kGateRowsPerThread / kGateRowsPerSplit;
+        splits = minOf(minOf(wanted, byLength), byGate);
+    }
+    index_t const samplesChannels = static_cast<index_t>(p.n) * p.c;
+    splits = maxOf<index_t>(minOf(splits, kMaxPartialSums / samplesChannels), 1);
+    index_t const segment = ceilDiv(ceilDiv(hw, splits), unit) * unit;
+    return SplitPlan{static_cast<int>(ceilDiv(hw, segment)), segment};
+}
+
+unsigned gridSize(index_t blocks)
+{
+    return static_cast<unsigned>(minOf<index_t>(maxOf<index_t>(blocks, 1), INT_MAX));
+}
+
+//! Lets `kernel` use `bytes` of dynamic shared memory (an opt-in beyond 48 KiB).
+template <typename Kernel>
+cudaError_t allowSharedMemory(Kernel kernel, size_t bytes)
+{
+    return bytes <= kMaxDefaultSharedBytes
+        ? cudaSuccess
+        : cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
+template <typename T>
+cudaError_t launchSums(EcaParams const& p, SplitPlan const& plan, T const* x, float* sums, cudaStream_t stream)
+{
+    index_t const hw = planeSize(p);
+    if (p.layout == Layout::kNCHW)
+    {
+        index_t const planes = static_cast<index_t>(p.n) * p.c;
+        int const group = kernels::planeGroupSize(plan.segment, kernels::kVec<T>, kBlockThreads);
+        index_t const blocks = ceilDiv(planes * plan.splits, kBlockThreads / group);
+        kernels::ecaPlaneSumsNchw<T><<<gridSize(blocks), kBlockThreads, 0, stream>>>(
+            x, sums, planes, plan.splits, hw, plan.segment, group);
+        return cudaGetLastError();
+    }
+    bool const vectorized = channelsLastVector(p) > 1 && isAligned(x);
+    int const vec = vectorized ? kernels::kVec<T> : 1;
+    index_t const vectors = ceilDiv(p.c, vec);
+    dim3 const block = tileBlock(vectors, vec, p.dataType, plan.segment);
+    index_t const blocks = static_cast<index_t>(p.n) * ceilDiv(vectors, block.x) * plan.splits;
+    auto const kernel
+        = vectorized ? kernels::ecaChannelSumsNhwc<T, kernels::kVec<T>> : kernels::ecaChannelSumsNhwc<T, 1>;
+    kernel<<<gridSize(blocks), block, 0, stream>>>(x, sums, p.n, p.c, hw, pixelStrideOf(p), plan.splits, plan.segment);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launchGate(EcaParams const& p, SplitPlan const& plan, T const* x, T const* weight, float const* sums,
+    T* y, cudaStream_t stream)
+{
+    index_t const hw = planeSize(p);
+    int const padMode = static_cast<int>(p.padMode);
+    if (p.layout == Layout::kNCHW)
+    {
+        index_t const planes = static_cast<index_t>(p.n) * p.c;
+        index_t const chunk = static_cast<index_t>(kBlockThreads) * kernels::kVec<T> * kGateVecsPerThread;
+        size_t const shared = minOf((chunk - 1) / hw + 2, planes) * sizeof(float);
+        kernels::ecaGateNchw<T><<<gridSize(ceilDiv(planes * hw, chunk)), kBlockThreads, shared, stream>>>(
+            x, weight, sums, y, p.c, planes, hw, p.kernelSize, plan.splits, padMode, chunk);
+        return cudaGetLastError();
+    }
+    int const pixelStride = pixelStrideOf(p);
+    bool const vectorized = channelsLastVector(p) > 1 && isAligned(x) && isAligned(y);
+    int const vec = vectorized ? kernels::kVec<T> : 1;
+    index_t const vectors = pixelStride / vec;
+    dim3 const block = tileBlock(vectors, vec, p.dataType, hw);
+    index_t const rowsPerBlock = maxOf<index_t>(block.y * kGateRowsPerThread, plan.splits * kGateRowsPerSplit);
+    index_t const blocks = static_cast<index_t>(p.n) * ceilDiv(vectors, block.x) * ceilDiv(hw, rowsPerBlock);
+    index_t const tileChannels = static_cast<index_t>(block.x) * vec;
+    size_t const shared = (minOf<index_t>(tileChannels + p.kernelSize - 1, p.c) + tileChannels) * sizeof(float);
+    auto const kernel = vectorized ? kernels::ecaGateNhwc<T, kernels::kVec<T>> : kernels::ecaGateNhwc<T, 1>;
+    cudaError_t const status = allowSharedMemory(kernel, shared);
+    if (status != cudaSuccess)
+    {
+        return status;
+    }
+    kernel<<<gridSize(blocks), block, shared, stream>>>(
+        x, weight, sums, y, p.n, p.c, hw, pixelStride, p.kernelSize, plan.splits, padMode, rowsPerBlock);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t forward(EcaParams const& p, void const* x, void const* weight, void* y, void* workspace,
+    cudaStream_t stream)
+{
+    SplitPlan const plan = planSplits(p);
+    float* sums = static_cast<float*>(workspace);
+    cudaError_t const status = launchSums(p, plan, static_cast<T const*>(x), sums, stream);
+    if (status != cudaSuccess)
+    {
+        return status;
+    }
+    return launchGate(p, plan, static_cast<T const*>(x), static_cast<T const*>(weight), sums, static_cast<T*>(y),
+        stream);
+}
+
+//! Calls f(T{}) with T the storage type of `type`.
+template <typename F>
+cudaError_t withStorageType(DataType type, F&& f)
+{
+    switch (type)
+    {
+    case DataType::kFLOAT: return f(float{});
+    case DataType::kHALF: return f(__half{});
+    case DataType::kBF16: return f(__nv_bfloat16{});
+    }
+    return cudaErrorInvalidValue;
+}
+
+constexpr auto singleLaunchKernel(float)
+{
+    return eca_single_launch_f32;
+}
+
+constexpr auto singleLaunchKernel(__half)
+{
+    return eca_single_launch_f16;
+}
+
+constexpr auto singleLaunchKernel(__nv_bfloat16)
+{
+    return eca_single_launch_bf16;
+}
+
+bool isValidSingleLaunch(EcaParams const& p, SingleLaunchConfig const& config)
+{
+    if (p.layout != Layout::kNCHW || planeSize(p) > INT_MAX || config.channelsPerBlock < 1
+        || config.channelsPerBlock > p.c)
+    {
+        return false;
+    }
+    index_t const window = minOf<index_t>(static_cast<index_t>(config.channelsPerBlock) + p.kernelSize - 1, p.c);
+    index_t const shared = (window + config.channelsPerBlock) * static_cast<index_t>(sizeof(float));
+    index_t const grid = ceilDiv(p.c, config.channelsPerBlock) * p.n;
+    return config.blockX >= kernels::kWarpSize && config.blockX <= kBlockThreads
+        && config.blockX % kernels::kWarpSize == 0 && config.gridX == grid && config.sharedBytes >= shared
+        && config.sharedBytes <= kMaxDefaultSharedBytes;
+}
+
+} // namespace
+
+size_t ecaWorkspaceSize(EcaParams const& params) noexcept
+{
+    if (!isValid(params))
+    {
+        return 0;
+    }
+    index_t const sums = maxOf(static_cast<index_t>(params.n) * params.c, kMaxPartialSums);
+    size_t const bytes = static_cast<size_t>(sums) * sizeof(float);
+    return (bytes + kWorkspaceAlignment - 1) / kWorkspaceAlignment * kWorkspaceAlignment;
+}
+
+cudaError_t ecaForward(EcaParams const& params, void const* x, void const* weight, void* y, void* workspace,
+    cudaStream_t stream) noexcept
+{
+    if (!isValid(params) || x == nullptr || weight == nullptr || y == nullptr || workspace == nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+    return withStorageType(params.dataType,
+        [&](auto tag) { return forward<decltype(tag)>(params, x, weight, y, workspace, stream); });
+}
+
+cudaError_t ecaForwardSingleLaunch(EcaParams const& params, SingleLaunchConfig const& config, void const* x,
+    void const* weight, void* y, cudaStream_t stream) noexcept
+{
+    if (!isValid(params) || !isValidSingleLaunch(params, config) || x == nullptr || weight == nullptr
+        || y == nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+    return withStorageType(params.dataType, [&](auto tag) {
+        using T = decltype(tag);
+        singleLaunchKernel(tag)<<<config.gridX, config.blockX, config.sharedBytes, stream>>>(
+            static_cast<T const*>(x), static_cast<T const*>(weight), params.n, params.c, params.h * params.w,
+            params.kernelSize, static_cast<int>(params.padMode), config.channelsPerBlock, static_cast<T*>(y));
+        return cudaGetLastError();
+    });
+}
+
+} // namespace eca
