@@ -1,0 +1,66 @@
+"""Build a TensorRT engine from a plain or ECA-fused ONNX model.
+
+Precision comes from the ONNX types (an `eca-export --fp16` model builds a strongly typed FP16
+engine); `--precision-route builder-flag` builds FP16 from the FP32 model with TensorRT 10's FP16
+flag. Fused EcaAttention nodes use libeca_plugin.so when --plugin (or $ECA_PLUGIN_LIBRARY) is
+given, the kernel's PTX baked into the engine with --aot (TensorRT >= 10.7), and otherwise run as
+native layers through the model-local function the fused ONNX carries.
+Engines are cached by model, TensorRT version, GPU, precision, profile and plugin hash.
+Exit codes: 0 success, 2 bad input or missing TensorRT.
+
+Examples:
+  eca-deploy build exported/eca_mobilenet_v2.eca.onnx --plugin build/libeca_plugin.so
+  eca-deploy build model.fp16.eca.onnx --max-batch 64 --embed-plugin --plugin libeca_plugin.so
+  eca-deploy build model.eca.onnx --aot -o model.aot.engine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from eca_deploy._io import write_text_atomic
+from eca_deploy.cli.args import add_engine_profile_args
+from eca_deploy.engine import BACKENDS, DEFAULT_CACHE_DIR, PRECISION_ROUTES, build_engine
+from eca_deploy.progress import Progress
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="ONNX model (plain or fused by eca-fuse / eca-export)")
+    parser.add_argument("-o", "--output", type=Path, help="engine file (default: <model stem>.engine beside it)")
+    add_engine_profile_args(parser)
+    group = parser.add_argument_group("engine")
+    group.add_argument("--precision-route", choices=PRECISION_ROUTES, default="strongly-typed",
+                       help="strongly-typed (precision from the ONNX types; the only route on TensorRT 11) or "
+                            "builder-flag (TensorRT 10: FP16 flag on the FP32 model)")
+    group.add_argument("--fp16", action="store_true", help="with --precision-route builder-flag: build FP16")
+    group.add_argument("--embed-plugin", action="store_true",
+                       help="serialize the plugin library into a version-compatible engine (no .so at deploy time; "
+                            "the runtime must allow engine host code)")
+    group.add_argument("--aot", action="store_true",
+                       help="use the Quickly Deployable Plugin with the kernel's PTX in the engine (TensorRT >= 10.7)")
+    group.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                       help="TensorRT flavour (default: tensorrt if installed, else tensorrt_rtx)")
+    group.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
+                       help=f"engine and timing cache (default: {DEFAULT_CACHE_DIR})")
+    group.add_argument("--no-cache", action="store_true", help="always build; no engine or timing cache")
+    parser.add_argument("--report", type=Path, help="JSON report (default: <engine>.json beside it)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    output = args.output or args.model.with_name(f"{args.model.name.removesuffix('.onnx')}.engine")
+    progress = Progress(total_steps=1, quiet=args.quiet)
+    with progress.step(f"Building {output.name} from {args.model}"):
+        result = build_engine(args.model, output, precision="fp16" if args.fp16 else None,
+                              batch=(args.min_batch, args.opt_batch, args.max_batch), plugin_library=args.plugin,
+                              embed_plugin=args.embed_plugin, aot=args.aot, precision_route=args.precision_route,
+                              backend=args.backend, cache_dir=None if args.no_cache else args.cache_dir,
+                              progress=progress)
+    report = args.report or output.with_name(output.name + ".json")
+    write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
+    print(f"Wrote {output} ({result.size_bytes / 1e6:.1f} MB, {result.backend} {result.backend_version}, "
+          f"{result.precision}, plugin: {result.plugin['mode']}, {result.num_plugin_layers} plugin layers, "
+          f"cache {'hit' if result.cache['hit'] else 'miss'}) and {report}")
+    return 0
