@@ -73,3 +73,14 @@ def test_zoo_lists_architectures_and_released_checkpoints(capsys):
     listing = json.loads(capsys.readouterr().out)
     assert {a["name"] for a in listing["architectures"]} >= {"eca_resnet50", "eca_mobilenet_v2"}
     assert any(c["kernels"] == "k3557" for c in listing["checkpoints"])
+
+
+def test_export_writes_a_triton_repository(tmp_path):
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    assert main(["export", "eca_mobilenet_v2", "--input-size", "64", "--exporter", "legacy", "--triton-repo",
+                 str(repo), "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "eca_mobilenet_v2.report.json").read_text())
+    assert "triton" in report
+    assert (repo / "eca_mobilenet_v2_onnx" / "config.pbtxt").is_file()
+    assert count_fused_nodes(onnx.load(str(repo / "eca_mobilenet_v2_onnx" / "1" / "model.onnx"))) == 17
+    assert not (repo / "eca_mobilenet_v2_tensorrt").exists()  # no engine asked for

@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine = parser.add_argument_group("engine")
     engine.add_argument("--engine", action="store_true",
                         help="also build a TensorRT engine from the fused model (needs TensorRT)")
+    triton = parser.add_argument_group("Triton")
+    triton.add_argument("--triton-repo", type=Path, metavar="DIR",
+                        help="also write a Triton model repository: the fused ONNX as onnxruntime and python-backend "
+                             "models, and with --engine the engine as a tensorrt_plan model")
     add_engine_profile_args(parser)
     add_output_args(parser)
 
@@ -67,7 +71,7 @@ def output_stem(source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    progress = Progress(total_steps=4 - args.no_fuse + args.engine, quiet=args.quiet)
+    progress = Progress(total_steps=4 - args.no_fuse + args.engine + bool(args.triton_repo), quiet=args.quiet)
     precision = "fp16" if args.fp16 else "fp32"
     stem = args.name or output_stem(args.source)
     tag = f"{stem}.fp16" if args.fp16 else stem
@@ -118,6 +122,16 @@ def run(args: argparse.Namespace) -> int:
                                       batch=(args.min_batch, args.opt_batch, args.max_batch),
                                       plugin_library=args.plugin, progress=progress)
             report["engine"] = engine.to_dict()
+
+        if args.triton_repo:
+            from eca_deploy.triton_repo import write_triton_repository
+
+            with progress.step(f"Writing Triton model repository {args.triton_repo}"):
+                triton = write_triton_repository(
+                    args.triton_repo, onnx_files[-1], engine_path=staging / f"{tag}.engine" if args.engine else None,
+                    plugin_library=args.plugin if args.engine else None, model_name=tag,
+                    max_batch_size=args.max_batch, opt_batch=args.opt_batch, preferred_batch_sizes=(args.opt_batch,))
+            report["triton"] = triton.to_dict()
 
         report_path = staging / f"{tag}.report.json"
         written = sorted(p.name for p in staging.iterdir()) + [report_path.name]

@@ -1,0 +1,394 @@
+"""Triton model repository: the generated tree and configs, and a real Triton serving it on loopback.
+
+The server is the ``tritonserver`` binary that nvidia-pytriton ships (the only Triton on PyPI that runs
+here; the ``tritonserver`` package on PyPI is a placeholder). It has the Python backend but no
+onnxruntime or TensorRT backend, so it serves the ``<name>_python`` model (the fused ONNX through
+``eca_deploy.runtime``); the ONNX Runtime variant is served when the server has that backend and
+skipped with the server's reason otherwise. Queries go through tritonclient's HTTP client.
+
+Configs are parsed with Triton's own schema (``tritonclient.grpc.model_config_pb2``). The plan
+variant uses a real engine built by TensorRT-RTX from the fused ONNX on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_mnv2_64
+
+from eca_deploy.errors import EcaDeployError
+from eca_deploy.triton_repo import format_pbtxt, validate_model_config, write_triton_repository
+
+MAX_BATCH = 8
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """ECA-MobileNetV2 at 64 x 64 with 10 classes: the PyTorch module and its fused ONNX file."""
+    module, _, fused_path = export_mnv2_64(tmp_path_factory.getbasetemp())
+    return module, fused_path
+
+
+def _config(path: Path):
+    config = validate_model_config(path.read_text(), expected_name=path.parent.name)
+    if config is None:
+        pytest.skip("tritonclient (Triton's model_config schema) is not installed")
+    return config
+
+
+def _reference(module, batch: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return module(torch.from_numpy(batch)).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The repository
+
+
+def test_onnx_and_python_variants_tree_and_configs(exported, tmp_path):
+    _, fused_path = exported
+    names = [f"n{i}" for i in range(NUM_CLASSES)]
+    repo = write_triton_repository(tmp_path / "repo", fused_path, max_batch_size=MAX_BATCH, preferred_batch_sizes=(4,),
+                                   max_queue_delay_us=500, class_names=names)
+    assert repo.models == {"onnx": "mnv2_onnx", "python": "mnv2_python"}
+    assert set(repo.files) == {
+        "mnv2.README.md", "mnv2_onnx/config.pbtxt", "mnv2_onnx/labels.txt", "mnv2_onnx/1/model.onnx",
+        "mnv2_python/config.pbtxt", "mnv2_python/labels.txt", "mnv2_python/1/model.onnx", "mnv2_python/1/model.py"}
+    assert not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert (tmp_path / "repo/mnv2_onnx/1/model.onnx").read_bytes() == fused_path.read_bytes()
+    assert (tmp_path / "repo/mnv2_onnx/labels.txt").read_text().splitlines() == names
+
+    onnx_config = _config(tmp_path / "repo/mnv2_onnx/config.pbtxt")
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    assert repo.schema_validated
+    assert onnx_config.platform == "onnxruntime_onnx" and onnx_config.max_batch_size == MAX_BATCH
+    (inp,), (out,) = onnx_config.input, onnx_config.output
+    assert (inp.name, inp.data_type, list(inp.dims)) == ("input", pb.TYPE_FP32, list(INPUT_SHAPE))
+    assert (out.name, out.data_type, list(out.dims), out.label_filename) == ("logits", pb.TYPE_FP32, [NUM_CLASSES],
+                                                                              "labels.txt")
+    assert list(onnx_config.dynamic_batching.preferred_batch_size) == [4]
+    assert onnx_config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.kind, g.count) for g in onnx_config.instance_group] == [(pb.ModelInstanceGroup.KIND_CPU, 1)]
+    assert not onnx_config.HasField("optimization")
+
+    python_config = _config(tmp_path / "repo/mnv2_python/config.pbtxt")
+    assert python_config.backend == "python" and not python_config.platform
+    assert python_config.parameters["model_file"].string_value == "model.onnx"
+    assert python_config.input == onnx_config.input and python_config.output == onnx_config.output
+    assert "from eca_deploy.runtime import EcaRuntime" in (tmp_path / "repo/mnv2_python/1/model.py").read_text()
+
+    readme = repo.readme.read_text()
+    assert "mnv2_onnx" in readme and "mnv2_python" in readme and "tritonclient" in readme
+
+    # Writing again replaces our models and keeps other models of the repository.
+    (tmp_path / "repo/other_model").mkdir()
+    write_triton_repository(tmp_path / "repo", fused_path, max_batch_size=4, variants=["onnx"])
+    assert _config(tmp_path / "repo/mnv2_onnx/config.pbtxt").max_batch_size == 4
+    assert not (tmp_path / "repo/mnv2_onnx/labels.txt").exists()
+    assert (tmp_path / "repo/other_model").is_dir()
+
+
+def test_onnx_gpu_variant_uses_the_tensorrt_execution_provider(exported, tmp_path):
+    _, fused_path = exported
+    repo = write_triton_repository(tmp_path / "repo", fused_path, variants=["onnx"], onnx_device="gpu",
+                                   onnx_trt_precision="FP16", max_batch_size=16, opt_batch=4, serving_root="/models")
+    config = _config(tmp_path / "repo/mnv2_onnx/config.pbtxt")
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_GPU]
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    assert dict(accelerator.parameters) == {"precision_mode": "FP16", "trt_profile_min_shapes": "input:1x3x64x64",
+                                            "trt_profile_opt_shapes": "input:4x3x64x64",
+                                            "trt_profile_max_shapes": "input:16x3x64x64"}
+    assert "/models" in repo.readme.read_text()
+
+
+@pytest.fixture(scope="module")
+def rtx_engine(exported, tmp_path_factory):
+    """A real engine: TensorRT-RTX builds the fused ONNX on the CPU (EcaAttention inlined from its function)."""
+    return build_rtx_engine(exported[1], tmp_path_factory.mktemp("rtx") / "mnv2.plan", max_batch=MAX_BATCH)
+
+
+def test_tensorrt_plan_variant(exported, rtx_engine, tmp_path):
+    _, fused_path = exported
+    repo = write_triton_repository(tmp_path / "repo", fused_path, engine_path=rtx_engine, max_batch_size=MAX_BATCH,
+                                   variants=["tensorrt"])
+    assert set(repo.files) == {"mnv2.README.md", "mnv2_tensorrt/config.pbtxt", "mnv2_tensorrt/1/model.plan"}
+    assert (tmp_path / "repo/mnv2_tensorrt/1/model.plan").read_bytes() == rtx_engine.read_bytes()
+    config = _config(tmp_path / "repo/mnv2_tensorrt/config.pbtxt")
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    assert config.platform == "tensorrt_plan" and config.max_batch_size == MAX_BATCH
+    assert [(i.name, list(i.dims)) for i in config.input] == [("input", list(INPUT_SHAPE))]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [NUM_CLASSES])]
+    assert config.HasField("dynamic_batching")
+    assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_GPU]
+    assert "version-compatible" in repo.readme.read_text()  # no plugin given: how plugin-free plans are served
+
+
+def test_plugin_library_must_be_loadable_by_triton(exported, rtx_engine, tmp_path):
+    """Triton's TensorRT backend only dlopen()s plugins: libeca_plugin.so alone is refused with the reason."""
+    _, fused_path = exported
+    plain = tmp_path / "libeca_plugin.so"
+    plain.write_bytes(b"")  # refused by its name, before anything reads it
+    with pytest.raises(EcaDeployError, match="libeca_plugin_autoreg.so"):
+        write_triton_repository(tmp_path / "repo", fused_path, engine_path=rtx_engine, plugin_library=plain)
+    assert not (tmp_path / "repo" / "mnv2_tensorrt").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_batch_size=0), "max_batch_size must be at least 1"),
+    (dict(preferred_batch_sizes=(64,)), "preferred batch sizes"),
+    (dict(variants=["tensorrt"]), "needs engine_path"),
+    (dict(variants=["tflite"]), "variants must be some of"),
+    (dict(onnx_device="tpu"), "onnx_device must be one of"),
+    (dict(class_names=["a", "b"]), "2 class names for 10 classes"),
+    (dict(engine_path="missing.plan"), "does not exist"),
+])
+def test_repository_argument_errors(exported, tmp_path, kwargs, message):
+    _, fused_path = exported
+    with pytest.raises(EcaDeployError, match=message):
+        write_triton_repository(tmp_path / "repo", fused_path, **kwargs)
+
+
+def test_model_without_dynamic_batch_is_refused(tmp_path):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["input"], ["logits"])], "fixed",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 3, 8, 8])])
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "fixed.onnx")
+    with pytest.raises(EcaDeployError, match="dynamic batch axis"):
+        write_triton_repository(tmp_path / "repo", tmp_path / "fixed.onnx")
+
+
+def test_schema_rejects_what_triton_rejects():
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient (Triton's model_config schema) is not installed")
+    good = ('name: "m"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+            'input { name: "input" data_type: TYPE_FP32 dims: [ 3 ] }\n'
+            'output { name: "logits" data_type: TYPE_FP32 dims: [ 2 ] }\n')
+    assert validate_model_config(good, expected_name="m").max_batch_size == 4
+    with pytest.raises(EcaDeployError, match="name must match"):
+        validate_model_config(good, expected_name="other")
+    with pytest.raises(EcaDeployError, match="schema"):
+        validate_model_config(good + "max_batch: 4\n")
+    with pytest.raises(EcaDeployError, match="schema"):
+        validate_model_config(good.replace("TYPE_FP32", "FLOAT32", 1))
+    with pytest.raises(EcaDeployError, match="max_batch_size"):
+        validate_model_config(good.replace("max_batch_size: 4", "max_batch_size: 0"))
+    assert format_pbtxt({"name": "m", "dims": [1, 2], "flag": True}) == 'name: "m"\ndims: [ 1, 2 ]\nflag: true'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A real Triton on loopback
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _bundled_tritonserver(workdir: Path) -> tuple[Path, Path, dict]:
+    """nvidia-pytriton's tritonserver laid out as pytriton does it: binary, backends, this Python's stub."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("nvidia-pytriton (which bundles tritonserver) is not installed")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = package / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        pytest.skip(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    server = workdir / "tritonserver"
+    shutil.copytree(package / "tritonserver", server, ignore=shutil.ignore_patterns("python_backend_stubs"))
+    shutil.copy2(stub, server / "backends" / "python" / "triton_python_backend_stub")
+    # The stub links libpython: use this interpreter's (pyenv and venv builds are not the system one),
+    # and the libraries bundled with the wheel.
+    libraries = [sysconfig.get_config_var("LIBDIR"), str(package.parent / "nvidia_pytriton.libs"),
+                 os.environ.get("LD_LIBRARY_PATH", "")]
+    env = dict(os.environ, LD_LIBRARY_PATH=":".join(p for p in libraries if p),
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    return server / "bin" / "tritonserver", server / "backends", env
+
+
+class TritonProcess:
+    def __init__(self, binary: Path, backends: Path, repository: Path, env: dict, log_path: Path) -> None:
+        self.http_port, self.grpc_port = _free_port(), _free_port()
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [str(binary), f"--model-repository={repository}", f"--backend-directory={backends}",
+             "--model-control-mode=poll", "--repository-poll-secs=0", "--exit-on-error=false",
+             "--strict-readiness=false", "--http-address=127.0.0.1", f"--http-port={self.http_port}",
+             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}", "--allow-metrics=false",
+             "--exit-timeout-secs=20", "--log-info=true"],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.url = f"127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def triton(exported, tmp_path_factory):
+    """Triton serving the generated repository (all variants but the plan) on loopback."""
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    _, fused_path = exported
+    workdir = tmp_path_factory.mktemp("triton_server")
+    binary, backends, env = _bundled_tritonserver(workdir)
+    repo = write_triton_repository(workdir / "models", fused_path, max_batch_size=MAX_BATCH,
+                                   max_queue_delay_us=20_000)
+    server = TritonProcess(binary, backends, workdir / "models", env, workdir / "tritonserver.log")
+    client = httpclient.InferenceServerClient(server.url, network_timeout=60.0)
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and server.process.poll() is None:
+            try:
+                if client.is_model_ready(repo.models["python"]):
+                    break
+            except Exception:  # connection refused while the server starts
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"Triton did not serve {repo.models['python']} within 90 s:\n{server.log()[-4000:]}")
+        yield server, client, repo
+    finally:
+        client.close()
+        server.stop()
+
+
+def _infer(client, model: str, batch: np.ndarray, datatype: str = "FP32"):
+    import tritonclient.http as httpclient
+
+    request = httpclient.InferInput("input", list(batch.shape), datatype)
+    request.set_data_from_numpy(batch)
+    return client.infer(model, [request], outputs=[httpclient.InferRequestedOutput("logits")]).as_numpy("logits")
+
+
+def test_triton_serves_pytorch_logits(exported, triton):
+    module, _ = exported
+    server, client, repo = triton
+    rng = np.random.default_rng(0)
+    for batch_size in (1, 3, MAX_BATCH):
+        batch = rng.standard_normal((batch_size, *INPUT_SHAPE), dtype=np.float32)
+        np.testing.assert_allclose(_infer(client, repo.models["python"], batch), _reference(module, batch),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_triton_batches_concurrent_requests(exported, triton):
+    """16 single-image requests at once: Triton's dynamic batcher merges them, every answer is right."""
+    import tritonclient.http as httpclient
+
+    module, _ = exported
+    server, _, repo = triton
+    model = repo.models["python"]
+    batches = [np.random.default_rng(i).standard_normal((1, *INPUT_SHAPE), dtype=np.float32) for i in range(16)]
+    stats_client = httpclient.InferenceServerClient(server.url)
+    before = stats_client.get_inference_statistics(model)["model_stats"][0]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(batches))
+
+    def worker(index: int) -> None:
+        client = httpclient.InferenceServerClient(server.url, network_timeout=60.0)
+        try:
+            start.wait()
+            results[index] = _infer(client, model, batches[index])
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            client.close()
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    elapsed = time.monotonic() - began
+    assert not errors, errors
+    assert elapsed < 30, f"16 concurrent requests took {elapsed:.1f} s"
+    for index, batch in enumerate(batches):
+        np.testing.assert_allclose(results[index], _reference(module, batch), atol=1e-4, rtol=1e-4)
+    after = stats_client.get_inference_statistics(model)["model_stats"][0]
+    stats_client.close()
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    assert inferences == len(batches)
+    assert executions < inferences, f"no dynamic batching: {executions} executions for {inferences} requests"
+    sizes = {int(s["batch_size"]) for s in after["batch_stats"]}
+    assert max(sizes) > 1 and max(sizes) <= MAX_BATCH
+
+
+def test_triton_answers_bad_requests_with_errors_and_keeps_serving(exported, triton):
+    from tritonclient.utils import InferenceServerException
+
+    module, _ = exported
+    server, client, repo = triton
+    model = repo.models["python"]
+    good = np.random.default_rng(1).standard_normal((2, *INPUT_SHAPE), dtype=np.float32)
+    bad_pixels = good.copy()
+    bad_pixels[1, 0, 5, 5] = np.nan
+    with pytest.raises(InferenceServerException, match="non-finite"):  # checked by eca_deploy.runtime in the model
+        _infer(client, model, bad_pixels)
+    with pytest.raises(InferenceServerException, match="(?i)shape"):  # checked by Triton against config.pbtxt
+        _infer(client, model, good[:, :, :32])
+    with pytest.raises(InferenceServerException, match="(?i)data ?type|FP64"):
+        _infer(client, model, good.astype(np.float64), datatype="FP64")
+    with pytest.raises(InferenceServerException, match="(?i)batch"):
+        _infer(client, model, np.zeros((MAX_BATCH + 1, *INPUT_SHAPE), dtype=np.float32))
+    assert server.process.poll() is None
+    np.testing.assert_allclose(_infer(client, model, good), _reference(module, good), atol=1e-4, rtol=1e-4)
+
+
+def test_triton_onnxruntime_backend_variant(exported, triton):
+    """The onnxruntime_onnx model, where the server has that backend (the pytriton-bundled one has not)."""
+    module, _ = exported
+    server, client, repo = triton
+    index = {entry["name"]: entry for entry in client.get_model_repository_index()}
+    entry = index[repo.models["onnx"]]
+    if entry.get("state") != "READY":
+        pytest.skip(f"this Triton cannot load {repo.models['onnx']}: {entry.get('reason', entry.get('state'))}")
+    batch = np.random.default_rng(2).standard_normal((3, *INPUT_SHAPE), dtype=np.float32)
+    np.testing.assert_allclose(_infer(client, repo.models["onnx"], batch), _reference(module, batch),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_triton_shuts_down_cleanly(triton):
+    """Last: SIGINT unloads the models and the server exits 0 within the exit timeout."""
+    server, client, repo = triton
+    assert client.is_server_live()
+    client.close()  # Triton waits for open HTTP connections before it unloads models
+    returncode = server.stop(timeout=40)
+    log = server.log_path.read_text(errors="replace")
+    assert returncode == 0, log[-3000:]
+    assert f"successfully unloaded '{repo.models['python']}'" in log
