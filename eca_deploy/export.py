@@ -26,7 +26,7 @@ import torch
 from onnxconverter_common import float16
 from torch import nn
 
-from eca_deploy.errors import EcaDeployError
+from eca_deploy.errors import EcaDeployError, first_line
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -82,8 +82,7 @@ def _torch_export(module: nn.Module, example: torch.Tensor, exporter: str, opset
                 return program.model_proto
             torch.onnx.export(module, (example,), buffer, **common, **kwargs)
     except Exception as error:  # exporter failures carry long internal traces: keep the first line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise EcaDeployError(f"the {exporter} ONNX exporter failed: {first_line}") from error
+        raise EcaDeployError(f"the {exporter} ONNX exporter failed: {first_line(error)}") from error
     finally:
         for logger, level in zip(quiet_loggers, levels):
             logger.setLevel(level)
@@ -121,7 +120,7 @@ def check_onnx(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        raise EcaDeployError(f"{Path(path).name} failed the ONNX checker: {str(error).splitlines()[0]}") from error
+        raise EcaDeployError(f"{Path(path).name} failed the ONNX checker: {first_line(error)}") from error
     return onnx.load(str(path))
 
 
