@@ -14,6 +14,7 @@ model-local function and the engine runs ECA with native layers ("fallback-funct
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib
 import os
 import shutil
@@ -26,7 +27,7 @@ from types import ModuleType
 import onnx
 from google.protobuf.message import DecodeError
 
-from eca_deploy._io import staged_outputs
+from eca_deploy._io import staged_outputs, write_text_atomic
 from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.passes.fused_node import count_fused_nodes
 from eca_deploy.progress import Progress
@@ -295,25 +296,29 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
 
     key = engine_cache_key(onnx_path, trt, precision, precision_route, profile, plugin)
     cached = cache_dir / f"{key}.engine" if cache_dir is not None else None
+    cached_layers = cached.with_suffix(".layers.json") if cached is not None else None
     library = Path(plugin["path"]) if plugin.get("path") else None
-    parsed = parse_onnx(trt, onnx_path, strongly_typed=not fp16_flag,
-                        plugin_library=library if plugin["mode"] in ("library", "serialized-in-engine") else None,
-                        aot=plugin["mode"] == "aot-ptx")
     result = EngineResult(engine_path, trt.name, trt.version, precision, precision_route, profile, fused, plugin,
-                          layers=parsed.layers(), cache={"key": key, "hit": False})
+                          cache={"key": key, "hit": False})
     start = time.perf_counter()
     with staged_outputs(engine_path.parent) as staging:
         staged = staging / engine_path.name
-        if cached is not None and cached.is_file():
+        if cached is not None and cached.is_file() and cached_layers.is_file():
             shutil.copyfile(cached, staged)
+            result.layers = json.loads(cached_layers.read_text())
             result.cache["hit"] = True
             progress.info(f"  engine cache hit ({cached})")
         else:
+            parsed = parse_onnx(trt, onnx_path, strongly_typed=not fp16_flag,
+                                plugin_library=library if plugin["mode"] in ("library", "serialized-in-engine") else None,
+                                aot=plugin["mode"] == "aot-ptx")
+            result.layers = parsed.layers()
             staged.write_bytes(_build(trt, parsed, profile, fp16_flag, library if plugin["mode"] ==
                                       "serialized-in-engine" else None, cache_dir))
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(staged, cached)
+                write_text_atomic(cached_layers, json.dumps(result.layers))
     result.build_seconds = time.perf_counter() - start
     result.size_bytes = engine_path.stat().st_size
     return result

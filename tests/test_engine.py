@@ -69,6 +69,7 @@ def test_engine_cache_hits_and_invalidates(tmp_path, exported):
     second = build_engine(plain, tmp_path / "b.engine", batch=PROFILE, cache_dir=cache)
     assert not first.cache["hit"] and second.cache["hit"] and first.cache["key"] == second.cache["key"]
     assert (tmp_path / "a.engine").read_bytes() == (tmp_path / "b.engine").read_bytes()
+    assert second.layers == first.layers and first.layers  # a hit reports the layers without re-parsing
     other_profile = build_engine(plain, tmp_path / "c.engine", batch=(1, 4, 8), cache_dir=cache)
     other_model = build_engine(paths["fp16"][0], tmp_path / "d.engine", batch=PROFILE, cache_dir=cache)
     assert not other_profile.cache["hit"] and not other_model.cache["hit"]
