@@ -33,7 +33,7 @@ DEFAULT_TOLERANCES = {
 
 @dataclass(frozen=True)
 class ParityMetrics:
-    """How far ``candidate`` is from ``reference`` (both N x classes)."""
+    """How far ``candidate`` logits are from ``reference`` logits over ``batch_size`` samples."""
 
     batch_size: int
     max_abs_error: float
@@ -41,31 +41,77 @@ class ParityMetrics:
     cosine_similarity: float
     top1_agreement: float
     reference_max_abs: float
+    top5_agreement: float = 1.0
 
     def passes(self, tolerance: Tolerance) -> bool:
         return (self.max_abs_error <= tolerance.atol + tolerance.rtol * self.reference_max_abs
                 and self.cosine_similarity >= tolerance.min_cosine
                 and self.top1_agreement >= tolerance.min_top1_agreement)
 
+    def smallest_passing(self, tolerance: Tolerance) -> dict[str, float]:
+        """The tightest criteria these outputs meet: ``atol`` alone (rtol 0), ``rtol`` alone (atol 0),
+        each at the other's configured value, and the observed cosine and top-1 agreement.
+
+        Tells FP16 noise (just above the default) from a bug (orders of magnitude above it).
+        """
+        scale = max(self.reference_max_abs, np.finfo(np.float32).tiny)
+        return {"atol": self.max_abs_error, "rtol": self.max_abs_error / scale,
+                "atol_at_rtol": max(0.0, self.max_abs_error - tolerance.rtol * self.reference_max_abs),
+                "rtol_at_atol": max(0.0, (self.max_abs_error - tolerance.atol) / scale),
+                "min_cosine": self.cosine_similarity, "min_top1_agreement": self.top1_agreement}
+
+
+class AgreementAccumulator:
+    """Streams :class:`ParityMetrics` over batches: the result equals ``compare_outputs`` on all rows at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._max_abs = self._max_rel = self._ref_max = 0.0
+        self._dot = self._ref_sq = self._cand_sq = 0.0
+        self._top1 = self._top5 = 0
+        self._identical = True
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        """Add one batch of N x classes logits."""
+        if reference.shape != candidate.shape:
+            raise EcaDeployError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
+        ref = reference.astype(np.float64).reshape(reference.shape[0], -1)
+        cand = candidate.astype(np.float64).reshape(candidate.shape[0], -1)
+        diff = np.abs(ref - cand)
+        self.count += ref.shape[0]
+        self._max_abs = max(self._max_abs, float(diff.max()))
+        self._max_rel = max(self._max_rel, float((diff / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)).max()))
+        self._ref_max = max(self._ref_max, float(np.abs(ref).max()))
+        self._dot += float(np.dot(ref.ravel(), cand.ravel()))
+        self._ref_sq += float(np.dot(ref.ravel(), ref.ravel()))
+        self._cand_sq += float(np.dot(cand.ravel(), cand.ravel()))
+        self._identical = self._identical and bool(np.array_equal(ref, cand))
+        reference_top1 = ref.argmax(-1)
+        self._top1 += int((reference_top1 == cand.argmax(-1)).sum())
+        self._top5 += int(topk_hits(cand, reference_top1, k=5).sum())
+
+    def result(self) -> ParityMetrics:
+        if not self.count:
+            raise EcaDeployError("no outputs were compared")
+        denominator = np.sqrt(self._ref_sq) * np.sqrt(self._cand_sq)
+        cosine = self._dot / denominator if denominator > 0 else float(self._identical)
+        return ParityMetrics(batch_size=self.count, max_abs_error=self._max_abs, max_rel_error=self._max_rel,
+                             cosine_similarity=float(cosine), top1_agreement=self._top1 / self.count,
+                             reference_max_abs=self._ref_max, top5_agreement=self._top5 / self.count)
+
+
+def topk_hits(logits: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Boolean per row: whether ``targets[i]`` is among the ``k`` largest of ``logits[i]`` (top-k accuracy)."""
+    k = min(k, logits.shape[-1])
+    top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
+    return (top == np.asarray(targets).reshape(-1, 1)).any(axis=-1)
+
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> ParityMetrics:
     """Compute error metrics of ``candidate`` against ``reference`` (float64 arithmetic)."""
-    if reference.shape != candidate.shape:
-        raise EcaDeployError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
-    ref = reference.astype(np.float64)
-    cand = candidate.astype(np.float64)
-    diff = np.abs(ref - cand)
-    scale = np.abs(ref).max()
-    denominator = np.linalg.norm(ref) * np.linalg.norm(cand)
-    cosine = float(np.dot(ref.ravel(), cand.ravel()) / denominator) if denominator > 0 else float(np.array_equal(ref, cand))
-    return ParityMetrics(
-        batch_size=ref.shape[0],
-        max_abs_error=float(diff.max()),
-        max_rel_error=float((diff / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)).max()),
-        cosine_similarity=cosine,
-        top1_agreement=float((ref.argmax(-1) == cand.argmax(-1)).mean()),
-        reference_max_abs=float(scale),
-    )
+    accumulator = AgreementAccumulator()
+    accumulator.update(reference, candidate)
+    return accumulator.result()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Progress display for the CLI: one line per step on stderr, silenced by ``--quiet``."""
+"""Progress display for the CLI: one line per step and progress bars on stderr, silenced by ``--quiet``."""
 
 from __future__ import annotations
 
@@ -37,3 +37,54 @@ class Progress:
             raise
         if not self.quiet:
             print(f" done ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def bar(self, total: int | None, title: str) -> Iterator[ProgressBar]:
+        """A progress bar over ``total`` items (a counter when ``total`` is None), finished on exit."""
+        progress_bar = ProgressBar(total, title, quiet=self.quiet)
+        try:
+            yield progress_bar
+        finally:
+            progress_bar.finish()
+
+
+class ProgressBar:
+    """``title [#####-----] 12/24 3.1 s``, redrawn in place on a terminal, every 10 % in logs."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int | None, title: str, quiet: bool = False) -> None:
+        self.total, self.title, self.quiet = total, title, quiet
+        self.done = 0
+        self.label = ""
+        self._start = time.perf_counter()
+        self._tty = sys.stderr.isatty()
+        self._last_decile = self._last_printed = -1
+
+    def advance(self, count: int = 1, label: str | None = None) -> None:
+        """Count ``count`` more items done; ``label`` names the current one."""
+        self.done += count
+        if label is not None:
+            self.label = label
+        self._draw()
+
+    def _draw(self, final: bool = False) -> None:
+        if self.quiet:
+            return
+        elapsed = time.perf_counter() - self._start
+        if self.total:
+            filled = min(self.WIDTH, self.WIDTH * self.done // self.total)
+            text = f"{self.title} [{'#' * filled}{'-' * (self.WIDTH - filled)}] {self.done}/{self.total}"
+        else:
+            text = f"{self.title} {self.done}"
+        text += f" {elapsed:.1f} s" + (f" {self.label}" if self.label else "")
+        if self._tty:
+            print(f"\r\033[K{text}", end="\n" if final else "", file=sys.stderr, flush=True)
+            return
+        decile = 10 * self.done // self.total if self.total else self.done
+        if decile != self._last_decile or (final and self.done != self._last_printed):
+            self._last_decile, self._last_printed = decile, self.done
+            print(text, file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        self._draw(final=True)

@@ -17,7 +17,7 @@ from types import ModuleType
 from eca_deploy import __version__
 from eca_deploy.errors import EcaDeployError
 
-SUBCOMMANDS = ("export", "fuse", "build", "zoo")
+SUBCOMMANDS = ("export", "fuse", "build", "validate", "bench", "compare", "zoo")
 
 
 def _subcommand(name: str) -> ModuleType:
@@ -78,3 +78,13 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 def fuse_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``eca-fuse`` (= ``eca-deploy fuse``)."""
     return _run(_standalone_parser("fuse", "eca-fuse"), argv)
+
+
+def validate_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``eca-validate`` (= ``eca-deploy validate``)."""
+    return _run(_standalone_parser("validate", "eca-validate"), argv)
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``eca-bench`` (= ``eca-deploy bench``)."""
+    return _run(_standalone_parser("bench", "eca-bench"), argv)

@@ -158,6 +158,8 @@ class _Worker:
 
     def __init__(self, backend: TensorRTBackend, profile: int) -> None:
         self.backend, self.cudart, self.spec = backend, backend.cudart, backend.spec
+        self.events: list = []  # CUDA events for stage timing, created on first use
+        self.graphs: dict[int, tuple] = {}  # batch size -> (graph, instantiated graph)
         try:
             self._allocate(profile)
         except BaseException:
@@ -193,16 +195,53 @@ class _Worker:
         if not context.execute_async_v3(self.stream_handle):
             raise EcaDeployError(f"TensorRT execution failed{_reason(logger, mark)}")
 
-    def run_numpy(self, batch: np.ndarray) -> np.ndarray:
+    def run_numpy(self, batch: np.ndarray, stage_seconds: dict | None = None, cuda_graph: bool = False) -> np.ndarray:
+        """Stage ``batch`` through pinned memory, run, copy back. With ``stage_seconds``, CUDA events time
+        the host-to-device copy, the engine and the device-to-host copy; ``cuda_graph`` replays the
+        engine's launches from a graph captured once per batch size."""
         cudart, count = self.cudart, batch.shape[0]
+        events = self._timing_events() if stage_seconds is not None else None
         np.copyto(self.host_input[:count], batch)
+        self._record(events, 0)
         _check(cudart.cudaMemcpyAsync(self.device_input, self.host_input_ptr, count * self.in_bytes_per_sample,
                                       cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
-        self._enqueue(count, self.device_input, self.device_output)
+        self._record(events, 1)
+        if cuda_graph:
+            _check(cudart.cudaGraphLaunch(self._graph(count), self.stream))
+        else:
+            self._enqueue(count, self.device_input, self.device_output)
+        self._record(events, 2)
         _check(cudart.cudaMemcpyAsync(self.host_output_ptr, self.device_output, count * self.out_bytes_per_sample,
                                       cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
+        self._record(events, 3)
         _check(cudart.cudaStreamSynchronize(self.stream))
+        if events is not None:
+            seconds = [_check(cudart.cudaEventElapsedTime(events[i], events[i + 1])) / 1e3 for i in range(3)]
+            stage_seconds.update(host_to_device=seconds[0], compute=seconds[1], device_to_host=seconds[2])
         return self.host_output[:count].copy()
+
+    def _timing_events(self) -> list:
+        if not self.events:
+            self.events = [_check(self.cudart.cudaEventCreate()) for _ in range(4)]
+        return self.events
+
+    def _record(self, events: list | None, index: int) -> None:
+        if events is not None:
+            _check(self.cudart.cudaEventRecord(events[index], self.stream))
+
+    def _graph(self, count: int):
+        """The instantiated CUDA graph of one engine launch at batch ``count`` (captured on first use)."""
+        graphs = self.graphs
+        if count not in graphs:
+            cudart = self.cudart
+            self._enqueue(count, self.device_input, self.device_output)  # settles shape-dependent allocations
+            _check(cudart.cudaStreamSynchronize(self.stream))
+            _check(cudart.cudaStreamBeginCapture(self.stream,
+                                                 cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+            self._enqueue(count, self.device_input, self.device_output)
+            graph = _check(cudart.cudaStreamEndCapture(self.stream))
+            graphs[count] = (graph, _check(cudart.cudaGraphInstantiate(graph, 0)))
+        return graphs[count][1]
 
     def run_torch_cuda(self, batch):
         import torch
@@ -223,6 +262,12 @@ class _Worker:
 
     def close(self) -> None:
         cudart = self.cudart
+        for graph, graph_exec in self.graphs.values():
+            cudart.cudaGraphExecDestroy(graph_exec)
+            cudart.cudaGraphDestroy(graph)
+        for event in self.events:
+            cudart.cudaEventDestroy(event)
+        self.graphs, self.events = {}, []
         self.context = None
         for free, pointer in ((cudart.cudaFree, "device_input"), (cudart.cudaFree, "device_output"),
                               (cudart.cudaFreeHost, "host_input_ptr"), (cudart.cudaFreeHost, "host_output_ptr")):
@@ -316,6 +361,14 @@ class TensorRTBackend:
 
                 return torch.from_numpy(worker.run_numpy(np.ascontiguousarray(batch.numpy())))
             return worker.run_numpy(batch)
+        finally:
+            self._pool.put(worker)
+
+    def run_profiled(self, batch: np.ndarray, stage_seconds: dict, cuda_graph: bool = False) -> np.ndarray:
+        """``run`` for a validated NumPy batch, filling ``stage_seconds`` from CUDA events (benchmarks)."""
+        worker = self._pool.get()
+        try:
+            return worker.run_numpy(batch, stage_seconds, cuda_graph=cuda_graph)
         finally:
             self._pool.put(worker)
 

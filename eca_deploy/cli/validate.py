@@ -1,0 +1,67 @@
+"""Validate backends against the PyTorch FP32 reference: agreement, label accuracy, first diverging layer.
+
+Runs the same inputs (seeded random batches, or --images with the authors' preprocessing) through
+PyTorch FP32 on the CPU and every backend, and reports max abs/relative error, cosine similarity,
+top-1/top-5 agreement, the smallest atol/rtol that would have passed, and top-1/top-5 accuracy when
+the images have labels (ImageFolder layout). Each backend is judged by the default tolerance of its
+precision (FP32: atol 1e-4 + rtol 1e-4 x max|logit|; FP16: 1e-2 + 2e-2 x max|logit|, cosine >= 0.999,
+top-1 agreement >= 90 %) unless --atol/--rtol override it. A failing ONNX model is bisected: its
+tensors are compared with the PyTorch modules' outputs to name the first diverging layer.
+Writes accuracy.json (schema: eca_deploy/harness/report.schema.json), accuracy.csv and accuracy.md.
+Exit codes: 0 every backend passed, 1 a backend failed, 2 bad input.
+
+Examples:
+  eca-deploy validate                                     # demo model, ONNX Runtime CPU, random inputs
+  eca-deploy validate eca_resnet50_k3557.pth.tar --images imagenet/val --limit 1000
+  eca-deploy validate model.pth.tar -b ort-cpu=model.eca.onnx -b trt=model.engine --plugin libeca_plugin.so
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from eca_deploy.cli import _harness
+from eca_deploy.cli.args import add_harness_args, add_model_args
+from eca_deploy.errors import EcaDeployError, ParityError
+from eca_deploy.harness.accuracy import validate
+from eca_deploy.harness.backends import TorchBackend
+from eca_deploy.harness.data import RandomInputs
+from eca_deploy.parity import DEFAULT_TOLERANCES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_args(parser)
+    add_harness_args(parser, default_dir="reports/accuracy")
+    group = parser.add_argument_group("validation")
+    group.add_argument("--batch-size", type=int, default=8, metavar="N", help="samples per batch (default: 8)")
+    group.add_argument("--num-batches", type=int, default=4, metavar="N",
+                       help="random batches to compare (default: 4; --images uses every image)")
+    group.add_argument("--atol", type=float, help="absolute tolerance for every backend (default: per precision)")
+    group.add_argument("--rtol", type=float, help="relative tolerance, times max|reference logit| (default: per precision)")
+    group.add_argument("--no-localize", action="store_true", help="skip the first-diverging-layer search on failure")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise EcaDeployError(f"--batch-size must be at least 1, got {args.batch_size}")
+    session = _harness.start(args, include_torch_cpu=False, engine_max_batch=args.batch_size)
+    inputs = (session.images(args.batch_size) if args.images else
+              RandomInputs(session.input_shape, batch_size=args.batch_size, num_batches=args.num_batches,
+                           seed=args.seed))
+    overrides = {key: value for key, value in (("atol", args.atol), ("rtol", args.rtol)) if value is not None}
+    tolerances = {precision: replace(tolerance, **overrides) for precision, tolerance in DEFAULT_TOLERANCES.items()}
+    reference = TorchBackend(session.module())
+    with session.backends() as candidates:
+        result = validate(reference, candidates, inputs, tolerances=tolerances, module_factory=session.module,
+                          localize=not args.no_localize, progress=session.progress, total=len(inputs))
+    session.write("accuracy", inputs.describe(), result.to_dict())
+    if result.reference_labels:
+        print(f"reference pytorch-fp32: top-1 accuracy {result.reference_labels['top1']:.1%}, "
+              f"top-5 {result.reference_labels['top5']:.1%} on {result.reference_labels['samples']} images")
+    for candidate in result.candidates:
+        print(candidate.summary())
+    if not result.passed:
+        failed = ", ".join(c.backend["name"] for c in result.candidates if not c.passed)
+        raise ParityError(f"{failed} disagreed with PyTorch FP32 beyond tolerance; see {args.output_dir}/accuracy.md")
+    return 0

@@ -1,0 +1,314 @@
+"""Backends behind one interface: PyTorch eager, ONNX Runtime (CPU, CUDA, TensorRT EP), TensorRT engines.
+
+Every backend maps an N x 3 x H x W float32 NumPy batch to N x classes logits and can say what it is::
+
+    backend = create_backend("ort-cpu", model_path="model.eca.onnx")
+    logits, stages = backend.run_timed(batch)   # stages: host-to-device, compute, device-to-host seconds
+    backend.describe()                          # versions, device, precision, provider
+
+Backend names (``--backend NAME[=FILE]`` on the command line):
+
+========================  ==========================================================
+``torch-cpu``             PyTorch eager FP32 on the CPU (the module from the checkpoint)
+``torch-cuda``            PyTorch eager FP32 on the GPU (CUDA events; CUDA graphs optional)
+``torch-cuda-fp16``       PyTorch eager, module and input in FP16 on the GPU
+``ort-cpu=FILE``          ONNX Runtime, CPU execution provider
+``ort-cuda=FILE``         ONNX Runtime, CUDA execution provider (onnxruntime-gpu)
+``ort-trt=FILE``          ONNX Runtime, TensorRT execution provider with our plugin library
+``trt=FILE``              a serialized TensorRT engine (native or with EcaAttention plugin layers)
+``trt-rtx=FILE``          a TensorRT-RTX engine
+========================  ==========================================================
+
+A backend whose runtime is missing raises :class:`~eca_deploy.errors.EcaDeployError` with one
+sentence saying what to install; :func:`available_backends` lists what this machine can run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from eca_deploy.errors import EcaDeployError, first_line
+from eca_deploy.harness.environment import cpu_name, cuda_device_name
+
+TORCH_BACKENDS = ("torch-cpu", "torch-cuda", "torch-cuda-fp16")
+ONNXRUNTIME_BACKENDS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                        "ort-trt": "TensorrtExecutionProvider"}
+TENSORRT_BACKENDS = {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
+BACKEND_NAMES = (*TORCH_BACKENDS, *ONNXRUNTIME_BACKENDS, *TENSORRT_BACKENDS)
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage of one inference call; transfers are 0 where there is no device."""
+
+    preprocess: float = 0.0
+    host_to_device: float = 0.0
+    compute: float = 0.0
+    device_to_host: float = 0.0
+    postprocess: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.preprocess + self.host_to_device + self.compute + self.device_to_host + self.postprocess
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class Backend(Protocol):
+    """What the harness needs of a backend. Implement it to validate or benchmark anything else."""
+
+    name: str
+    precision: str
+    max_batch: int | None
+    onnx_path: Path | None  # the ONNX model it runs, for first-diverging-layer localisation
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits (float32, N x classes) of a float32 N x C x H x W batch."""
+
+    def run_timed(self, batch: np.ndarray) -> tuple[np.ndarray, StageTimes]:
+        """``run`` with the time of each stage (device stages measured on the device where there is one)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Name, runtime and versions, device, precision, provider: for reports."""
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory."""
+
+
+def _check_batch_limit(backend: Backend, batch: np.ndarray) -> None:
+    if backend.max_batch is not None and batch.shape[0] > backend.max_batch:
+        raise EcaDeployError(f"batch of {batch.shape[0]} exceeds the largest batch {backend.max_batch} of "
+                             f"{backend.name}; rebuild the engine with a larger --max-batch or use --batch-size "
+                             f"{backend.max_batch}")
+
+
+class TorchBackend:
+    """PyTorch eager on CPU or CUDA; optional FP16 and CUDA graphs (one graph per batch size)."""
+
+    def __init__(self, module, *, device: str = "cpu", precision: str = "fp32", cuda_graphs: bool = False) -> None:
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise EcaDeployError("torch-cuda needs a CUDA GPU and a CUDA build of PyTorch; this torch "
+                                 f"{torch.__version__} sees no GPU")
+        if precision == "fp16" and device != "cuda":
+            raise EcaDeployError("PyTorch FP16 runs on CUDA only: use torch-cuda-fp16")
+        if cuda_graphs and device != "cuda":
+            raise EcaDeployError("CUDA graphs need a CUDA device")
+        self.torch, self.device, self.precision, self.cuda_graphs = torch, torch.device(device), precision, cuda_graphs
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.module = module.to(device=self.device, dtype=self.dtype).eval()
+        self.name = f"torch-{device}" + ("-fp16" if precision == "fp16" else "")
+        self.max_batch = None
+        self.onnx_path = None
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_timed(batch)[0]
+
+    def _forward(self, x):
+        if not self.cuda_graphs:
+            return self.module(x)
+        torch = self.torch
+        key = tuple(x.shape)
+        if key not in self._graphs:  # warm up on a side stream, then capture (PyTorch's documented recipe)
+            static_input = x.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.module(static_input)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_output = self.module(static_input)
+            self._graphs[key] = (graph, static_input, static_output)
+        graph, static_input, static_output = self._graphs[key]
+        static_input.copy_(x)
+        graph.replay()
+        return static_output
+
+    def run_timed(self, batch: np.ndarray) -> tuple[np.ndarray, StageTimes]:
+        torch = self.torch
+        with torch.inference_mode():
+            if self.device.type == "cpu":
+                start = time.perf_counter()
+                logits = self.module(torch.from_numpy(batch))
+                return logits.numpy(), StageTimes(compute=time.perf_counter() - start)
+            events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+            host = torch.from_numpy(batch).pin_memory()
+            events[0].record()
+            x = host.to(self.device, non_blocking=True).to(self.dtype)
+            events[1].record()
+            logits = self._forward(x)
+            events[2].record()
+            result = logits.float().to("cpu")
+            events[3].record()
+            torch.cuda.synchronize()
+        h2d, compute, d2h = (events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(3))
+        return result.numpy(), StageTimes(host_to_device=h2d, compute=compute, device_to_host=d2h)
+
+    def describe(self) -> dict[str, Any]:
+        torch = self.torch
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
+        return {"name": self.name, "runtime": "pytorch", "version": torch.__version__, "device": device,
+                "precision": self.precision, "provider": "eager", "cuda_graphs": self.cuda_graphs,
+                "threads": torch.get_num_threads() if self.device.type == "cpu" else None}
+
+    def close(self) -> None:
+        self._graphs.clear()
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime with one execution provider; transfers are inside ``compute`` (NumPy I/O)."""
+
+    def __init__(self, path: str | Path, *, provider: str = "CPUExecutionProvider",
+                 plugin_library: str | Path | None = None, threads: int | None = None) -> None:
+        from eca_deploy.engine import onnx_precision, load_graph
+        from eca_deploy.runtime.onnxrt import OnnxRuntimeBackend as Session
+
+        self.onnx_path = Path(path)
+        self._session = Session(self.onnx_path, providers=[provider],
+                                plugin_library=plugin_library if provider == "TensorrtExecutionProvider" else None,
+                                intra_op_threads=threads)
+        self.provider = provider
+        self.precision = onnx_precision(load_graph(self.onnx_path))
+        self.name = {value: key for key, value in ONNXRUNTIME_BACKENDS.items()}.get(provider, provider)
+        self.max_batch = self._session.spec.max_batch
+        self.input_dtype = self._session.spec.dtype
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_timed(batch)[0]
+
+    def run_timed(self, batch: np.ndarray) -> tuple[np.ndarray, StageTimes]:
+        _check_batch_limit(self, batch)
+        start = time.perf_counter()
+        logits = self._session.run(np.ascontiguousarray(batch, dtype=self.input_dtype))
+        return np.asarray(logits, dtype=np.float32), StageTimes(compute=time.perf_counter() - start)
+
+    def describe(self) -> dict[str, Any]:
+        import onnxruntime as ort
+
+        return {"name": self.name, "runtime": "onnxruntime", "version": ort.__version__,
+                "device": ort.get_device(), "precision": self.precision, "provider": self.provider,
+                "providers_in_session": self._session.providers, "model": self.onnx_path.name}
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class TensorRTBackend:
+    """A serialized TensorRT engine; CUDA events time the copies and the engine; CUDA graphs optional."""
+
+    def __init__(self, path: str | Path, *, plugin_library: str | Path | None = None,
+                 tensorrt_module: str = "tensorrt", cuda_graphs: bool = False) -> None:
+        from eca_deploy.runtime.trt import TensorRTBackend as Engine
+
+        self.engine_path = Path(path)
+        self._engine = Engine(self.engine_path, plugin_library=plugin_library, workers=1,
+                              tensorrt_module=tensorrt_module)
+        self.cuda_graphs = cuda_graphs
+        self.name = {value: key for key, value in TENSORRT_BACKENDS.items()}[tensorrt_module]
+        spec = self._engine.spec
+        # Strongly typed engines keep float32 I/O whatever they compute in; eca-export tags FP16 files.
+        self.precision = "fp16" if spec.dtype == np.float16 or ".fp16." in self.engine_path.name else "fp32"
+        self.max_batch = spec.max_batch
+        self.onnx_path = None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_timed(batch)[0]
+
+    def run_timed(self, batch: np.ndarray) -> tuple[np.ndarray, StageTimes]:
+        _check_batch_limit(self, batch)
+        stage_seconds: dict[str, float] = {}
+        batch = np.ascontiguousarray(batch, dtype=self._engine.spec.dtype)
+        logits = self._engine.run_profiled(batch, stage_seconds, cuda_graph=self.cuda_graphs)
+        return np.asarray(logits, dtype=np.float32), StageTimes(**stage_seconds)
+
+    def describe(self) -> dict[str, Any]:
+        info = self._engine.describe()
+        return {"name": self.name, "runtime": info["module"], "version": info["version"],
+                "device": cuda_device_name(),
+                "precision": self.precision, "provider": "engine", "engine": self.engine_path.name,
+                "plugin_library": info["plugin_library"], "cuda_graphs": self.cuda_graphs}
+
+    def close(self) -> None:
+        self._engine.close()
+
+
+def parse_backend_spec(spec: str) -> tuple[str, Path | None]:
+    """``ort-cpu=model.onnx`` -> (``ort-cpu``, Path); ``torch-cpu`` -> (``torch-cpu``, None)."""
+    name, _, file = spec.partition("=")
+    if name not in BACKEND_NAMES:
+        raise EcaDeployError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_NAMES)}")
+    if name in TORCH_BACKENDS:
+        if file:
+            raise EcaDeployError(f"{name} runs the PyTorch model itself and takes no file: write {name}")
+        return name, None
+    if not file:
+        kind = "engine" if name in TENSORRT_BACKENDS else "ONNX model"
+        raise EcaDeployError(f"{name} needs a file: write {name}=PATH_TO_{kind.upper().replace(' ', '_')}")
+    path = Path(file)
+    if not path.is_file():
+        raise EcaDeployError(f"{name}: {path} does not exist")
+    return name, path
+
+
+def create_backend(name: str, *, model_path: Path | None = None, module_factory: Callable[[], Any] | None = None,
+                   plugin_library: Path | None = None, cuda_graphs: bool = False,
+                   threads: int | None = None) -> Backend:
+    """Instantiate backend ``name`` (see the module docstring) on ``model_path`` or a fresh PyTorch module."""
+    if name in TORCH_BACKENDS:
+        if module_factory is None:
+            raise EcaDeployError(f"{name} needs the PyTorch model (a checkpoint or zoo name)")
+        device = "cpu" if name == "torch-cpu" else "cuda"
+        return TorchBackend(module_factory(), device=device, precision="fp16" if name.endswith("fp16") else "fp32",
+                            cuda_graphs=cuda_graphs)
+    if name in ONNXRUNTIME_BACKENDS:
+        if cuda_graphs:
+            raise EcaDeployError("--cuda-graphs applies to torch-cuda and trt backends, not ONNX Runtime")
+        return OnnxRuntimeBackend(model_path, provider=ONNXRUNTIME_BACKENDS[name], plugin_library=plugin_library,
+                                  threads=threads)
+    if name in TENSORRT_BACKENDS:
+        return TensorRTBackend(model_path, plugin_library=plugin_library, tensorrt_module=TENSORRT_BACKENDS[name],
+                               cuda_graphs=cuda_graphs)
+    raise EcaDeployError(f"unknown backend {name!r}; choose from {', '.join(BACKEND_NAMES)}")
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every backend name -> None when this machine can run it, else the one-sentence reason it cannot."""
+    reasons: dict[str, str | None] = {}
+    try:
+        import torch
+
+        cuda = None if torch.cuda.is_available() else f"torch {torch.__version__} sees no CUDA GPU"
+    except ImportError as error:  # torch is a dependency, but say so plainly if it is broken
+        cuda = f"torch cannot be imported ({first_line(error)})"
+    reasons["torch-cpu"] = None
+    reasons["torch-cuda"] = reasons["torch-cuda-fp16"] = cuda
+    import onnxruntime as ort
+
+    providers = ort.get_available_providers()
+    for name, provider in ONNXRUNTIME_BACKENDS.items():
+        reasons[name] = None if provider in providers else (
+            f"{provider} is not in this onnxruntime build (pip install onnxruntime-gpu)")
+    for name, module in TENSORRT_BACKENDS.items():
+        reasons[name] = _tensorrt_reason(module, cuda)
+    return reasons
+
+
+def _tensorrt_reason(module: str, cuda_reason: str | None) -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return f"the {module} Python package is not installed (pip install {module.replace('_', '-')})"
+    if cuda_reason is not None:
+        return f"TensorRT engines run on an NVIDIA GPU and {cuda_reason}"
+    return None
