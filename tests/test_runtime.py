@@ -1,7 +1,7 @@
 """The inference runtime: ONNX Runtime CPU against PyTorch, concurrency, input checks, TensorRT error paths.
 
 One ECA-MobileNetV2 (64 x 64, 10 classes, seeded weights) is exported once per session, plain and
-fused; tests/test_triton.py reuses it through ``export_mnv2_64``.
+fused; tests/test_triton.py and tests/test_harness.py reuse ``export_demo_64``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.export import export_onnx, save_onnx
-from eca_deploy.models import create_demo_model
+from eca_deploy.models import create_demo_model, get_architecture
 from eca_deploy.passes import count_fused_nodes, fuse_eca
 from eca_deploy.preprocess import Preprocessing, center_crop, normalize, resized_size
 from eca_deploy.runtime import EcaRuntime, decode_topk, load_class_names, softmax
@@ -28,15 +28,17 @@ NUM_CLASSES = 10
 
 
 @functools.cache
-def export_mnv2_64(directory: Path) -> tuple[torch.nn.Module, Path, Path]:
-    """(module, plain ONNX, fused ONNX) of the test model, exported once per directory."""
-    directory = Path(directory) / "mnv2_64"
+def export_demo_64(directory: Path, arch: str = "eca_mobilenet_v2",
+                   stem: str = "mnv2") -> tuple[torch.nn.Module, Path, Path]:
+    """(module, plain ONNX ``<stem>.onnx``, fused ``<stem>.eca.onnx``) of a 64 x 64, 10-class demo model,
+    exported once per directory."""
+    directory = Path(directory) / f"{stem}_64"
     directory.mkdir(parents=True, exist_ok=True)
-    module = create_demo_model("eca_mobilenet_v2", num_classes=NUM_CLASSES)
-    plain = export_onnx(module, directory / "mnv2.onnx", input_shape=INPUT_SHAPE, exporter="legacy").path
+    module = create_demo_model(arch, num_classes=NUM_CLASSES)
+    plain = export_onnx(module, directory / f"{stem}.onnx", input_shape=INPUT_SHAPE, exporter="legacy").path
     fused, report = fuse_eca(onnx.load(str(plain)))
-    assert report.num_fused == 17
-    fused_path = directory / "mnv2.eca.onnx"
+    assert report.num_fused == get_architecture(arch).num_eca_layers
+    fused_path = directory / f"{stem}.eca.onnx"
     save_onnx(fused, fused_path)
     return module, plain, fused_path
 
@@ -63,7 +65,7 @@ def build_rtx_engine(onnx_path: Path, engine_path: Path, max_batch: int = 8) -> 
 
 @pytest.fixture(scope="session")
 def mnv2(tmp_path_factory):
-    return export_mnv2_64(tmp_path_factory.getbasetemp())
+    return export_demo_64(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

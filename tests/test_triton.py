@@ -29,7 +29,7 @@ import onnx
 import pytest
 import torch
 
-from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_mnv2_64
+from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo_64
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.triton_repo import format_pbtxt, validate_model_config, write_triton_repository
@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """ECA-MobileNetV2 at 64 x 64 with 10 classes: the PyTorch module and its fused ONNX file."""
-    module, _, fused_path = export_mnv2_64(tmp_path_factory.getbasetemp())
+    module, _, fused_path = export_demo_64(tmp_path_factory.getbasetemp())
     return module, fused_path
 
 

@@ -52,6 +52,18 @@ def import_tensorrt(module: str = "tensorrt"):
             f"python3-libnvinfer); ONNX models run without it on ONNX Runtime") from error
 
 
+def check_engine_header(path: Path) -> None:
+    """Refuse files that are not serialized TensorRT plans before any TensorRT call.
+
+    Plans open with a four-byte tag ending in ``trt``: ``ftrt`` (TensorRT), ``vtrt`` (TensorRT-RTX).
+    """
+    with path.open("rb") as file:
+        head = file.read(4)
+    if len(head) < 4 or head[1:] != b"trt":
+        raise EcaDeployError(f"{path.name} is not a serialized TensorRT engine (it starts with {head!r}, plans "
+                             f"start with b'ftrt'); build one with eca-deploy build MODEL.onnx")
+
+
 def import_cudart():
     """cuda-python's CUDA runtime bindings (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.6)."""
     try:
@@ -293,6 +305,7 @@ class TensorRTBackend:
         plugin = resolve_plugin_library(plugin_library)
         if workers is not None and workers < 1:
             raise EcaDeployError(f"workers must be at least 1, got {workers}")
+        check_engine_header(path)
         trt = import_tensorrt(tensorrt_module)
         self.trt, self.path, self.workers = trt, path, []
         self.logger = _CapturingLogger.get(trt)

@@ -1,0 +1,158 @@
+"""Report files: JSON against its schema, CSV and Markdown tables, real PNG plots, `compare`."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+from test_power import fake_orin_sysfs
+from test_runtime import INPUT_SHAPE, export_demo_64
+
+from eca_deploy.cli.main import main
+from eca_deploy.harness.backends import OnnxRuntimeBackend
+from eca_deploy.harness.data import Batch, RandomInputs
+from eca_deploy.harness.environment import PowerSampler, capture_environment
+from eca_deploy.harness.latency import LatencySettings, measure_latency
+from eca_deploy.harness.report import (SCHEMA_PATH, compare_reports, load_report, new_report, to_markdown,
+                                       write_report)
+
+PLOT_SIZES = {"latency_distribution.png": (800, 450), "batch_sweep.png": (1100, 450), "backends.png": (800, 450)}
+
+
+@pytest.fixture(scope="module")
+def schema():
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """One accuracy and one latency report written by the CLI on ONNX Runtime CPU and PyTorch CPU."""
+    root = tmp_path_factory.mktemp("reports")
+    _, plain, fused = export_demo_64(tmp_path_factory.getbasetemp(), "eca_mobilenet_v2", "mnv2")
+    common = ["eca_mobilenet_v2", "--num-classes", "10", "--input-size", "64", "-q"]
+    assert main(["validate", *common, "-b", f"ort-cpu={fused}", "-b", "torch-cpu", "--num-batches", "1",
+                 "-o", str(root / "accuracy")]) == 0
+    assert main(["bench", *common, "-b", f"ort-cpu={plain}", "-b", "torch-cpu", "--batch-sizes", "1", "4",
+                 "--iterations", "4", "--duration", "0", "--warmup-seconds", "0", "-o", str(root / "latency")]) == 0
+    return root
+
+
+def test_reports_validate_against_the_schema(reports, schema):
+    for kind in ("accuracy", "latency"):
+        report = json.loads((reports / kind / f"{kind}.json").read_text())
+        jsonschema.validate(report, schema)
+        assert report["schema_version"] == 1 and report["kind"] == kind
+        assert report["environment"]["versions"]["onnxruntime"]
+    broken = json.loads((reports / "latency/latency.json").read_text())
+    del broken["latency"]["results"][0]["latency_ms"]["p99"]
+    with pytest.raises(jsonschema.ValidationError, match="p99"):
+        jsonschema.validate(broken, schema)
+
+
+def test_power_report_validates_and_shows_in_the_tables(tmp_path, schema):
+    _, _, fused = export_demo_64(tmp_path.parent, "eca_mobilenet_v2", "mnv2")
+    inputs = RandomInputs(INPUT_SHAPE, batch_size=1, num_batches=1)
+    result = measure_latency(OnnxRuntimeBackend(fused), 1, lambda n, i: Batch(inputs.batch(n), None),
+                             settings=LatencySettings(1, 0, 3, 0.05),
+                             sampler=PowerSampler("sysfs", 0.005, root=fake_orin_sysfs(tmp_path / "orin")))
+    report = new_report("latency", model={"source": "x", "arch": None, "input_shape": list(INPUT_SHAPE)},
+                        environment=capture_environment(tmp_path / "orin"), inputs=inputs.describe(),
+                        skipped_backends={}, body={"settings": {"warmup_iterations": 1, "warmup_seconds": 0,
+                                                                "iterations": 3, "duration_seconds": 0.05},
+                                                   "results": [result.to_dict()], "summary": {}})
+    jsonschema.validate(report, schema)
+    assert report["environment"]["jetson"]["model"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    files, skipped = write_report(report, tmp_path / "out", plots=False)
+    assert skipped is None and sorted(p.name for p in files) == ["latency.csv", "latency.json", "latency.md"]
+    (row,) = csv.DictReader(io.StringIO((tmp_path / "out/latency.csv").read_text()))
+    assert float(row["module_power_w"]) == pytest.approx(5.0)
+    assert float(row["joules_per_image"]) == pytest.approx(5.0 / result.throughput)
+    assert "Jetson Orin Nano" in to_markdown(report)
+
+
+def test_csv_and_markdown_tables(reports):
+    rows = list(csv.DictReader(io.StringIO((reports / "latency/latency.csv").read_text())))
+    assert [(r["backend"], r["batch_size"]) for r in rows] == [("ort-cpu:mnv2.onnx", "1"), ("ort-cpu:mnv2.onnx", "4"),
+                                                               ("torch-cpu", "1"), ("torch-cpu", "4")]
+    report = json.loads((reports / "latency/latency.json").read_text())
+    assert float(rows[0]["p50_ms"]) == pytest.approx(report["latency"]["results"][0]["latency_ms"]["p50"])
+    markdown = (reports / "latency/latency.md").read_text()
+    assert markdown.count("| ort-cpu:mnv2.onnx |") == 2 and "| p50_ms |" in markdown
+    rows = list(csv.DictReader(io.StringIO((reports / "accuracy/accuracy.csv").read_text())))
+    assert [r["backend"] for r in rows] == ["ort-cpu:mnv2.eca.onnx", "torch-cpu"]
+    assert all(r["passed"] == "True" and float(r["cosine_similarity"]) > 0.99999 for r in rows)
+    assert "| yes |" in (reports / "accuracy/accuracy.md").read_text()
+
+
+def test_plots_are_real_png_images(reports):
+    for name, size in PLOT_SIZES.items():
+        with Image.open(reports / "latency" / name) as image:
+            image.verify()
+        with Image.open(reports / "latency" / name) as image:
+            assert image.format == "PNG" and image.size == size
+            assert len(np.unique(np.asarray(image.convert("L")))) > 10  # drawn, not blank
+
+
+def test_compare_prints_ratios_side_by_side(reports, tmp_path, capsys):
+    faster = json.loads((reports / "latency/latency.json").read_text())
+    for point in faster["latency"]["results"]:
+        point["throughput_images_per_s"] *= 2
+        point["latency_ms"] = {key: value / 2 for key, value in point["latency_ms"].items()}
+    (tmp_path / "faster").mkdir()
+    (tmp_path / "faster/latency.json").write_text(json.dumps(faster))
+    rows = compare_reports(load_report(reports / "latency"), load_report(tmp_path / "faster"))
+    assert len(rows) == 4
+    for row in rows:
+        assert row["throughput_images_per_s"][2] == pytest.approx(2.0)
+        assert row["p50_ms"][2] == pytest.approx(0.5)
+        assert row["joules_per_image"] == (None, None, None)
+    assert main(["compare", str(reports / "latency/latency.json"), str(tmp_path / "faster"),
+                 "--json", str(tmp_path / "ratios.json")]) == 0
+    out = capsys.readouterr().out
+    assert "2.00x" in out and "0.50x" in out and "ort-cpu:mnv2.onnx" in out
+    assert len(json.loads((tmp_path / "ratios.json").read_text())["rows"]) == 4
+    assert main(["compare", str(reports / "accuracy"), str(reports / "accuracy")]) == 0
+    assert "1.00x" in capsys.readouterr().out
+
+
+def test_compare_refuses_what_it_cannot_compare(reports, tmp_path, capsys):
+    future = copy.deepcopy(load_report(reports / "latency"))
+    future["schema_version"] = 99
+    (tmp_path / "future.json").write_text(json.dumps(future))
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    (tmp_path / "garbage.json").write_text("{not json")
+    latency = str(reports / "latency/latency.json")
+    cases = [([str(reports / "accuracy"), latency], "cannot compare a accuracy report with a latency report"),
+             ([latency, str(tmp_path / "future.json")], "schema version 99"),
+             ([latency, str(tmp_path / "other.json")], "is not an eca-deploy report"),
+             ([latency, str(tmp_path / "garbage.json")], "is not a JSON report"),
+             ([latency, str(tmp_path / "missing.json")], "does not exist")]
+    for args, message in cases:
+        assert main(["compare", *args]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_plots_skip_with_the_reason_when_matplotlib_is_missing(reports, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_matplotlib)
+    files, skipped = write_report(load_report(reports / "latency"), tmp_path / "out")
+    assert "PNG plots need matplotlib: pip install matplotlib" in skipped
+    assert not any(path.suffix == ".png" for path in files)
+    assert Path(tmp_path / "out/latency.json").is_file()
