@@ -6,6 +6,8 @@ import copy
 import csv
 import io
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -156,3 +158,51 @@ def test_plots_skip_with_the_reason_when_matplotlib_is_missing(reports, tmp_path
     assert "PNG plots need matplotlib: pip install matplotlib" in skipped
     assert not any(path.suffix == ".png" for path in files)
     assert Path(tmp_path / "out/latency.json").is_file()
+
+
+def _jetson_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jetson_benchmark",
+                                                  Path(__file__).parents[1] / "scripts/jetson_benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jetson_script_plans_valid_commands(tmp_path, capsys):
+    from eca_deploy.cli.main import build_parser
+
+    script = _jetson_script()
+    plugin = tmp_path / "libeca_plugin.so"
+    plugin.write_bytes(b"")
+    assert script.run(["--plugin", str(plugin), "--batch-sizes", "1", "8", "-o", str(tmp_path / "out"),
+                       "--dry-run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == 2 * 2 * 5  # 2 models x 2 precisions x (export, 2 builds, validate, bench)
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[1:])  # every planned command is valid eca-deploy syntax
+    assert any("eca_resnet50.fp16.plugin.engine" in c and c.startswith("eca-deploy build") for c in commands)
+    bench = next(c for c in commands if " bench eca_mobilenet_v2 " in c and "torch-cuda-fp16" in c)
+    assert "--batch-sizes 1 8" in bench and "--power auto" in bench
+    assert not (tmp_path / "out").exists()
+
+
+def test_jetson_summary_tabulates_native_versus_plugin(tmp_path):
+    """The summary of a real bench report whose two backends stand for the native and plugin engines."""
+    script = _jetson_script()
+    _, plain, fused = export_demo_64(tmp_path.parent, "eca_mobilenet_v2", "mnv2")
+    native, plugin = tmp_path / "m.native.onnx", tmp_path / "m.plugin.onnx"
+    native.write_bytes(plain.read_bytes())
+    plugin.write_bytes(fused.read_bytes())
+    assert main(["bench", "eca_mobilenet_v2", "--num-classes", "10", "--input-size", "64", "-q", "-b",
+                 f"ort-cpu={native}", "-b", f"ort-cpu={plugin}", "--batch-sizes", "1", "2", "--iterations", "3",
+                 "--duration", "0", "--warmup-seconds", "0", "--no-plots", "-o", str(tmp_path / "lat")]) == 0
+    plan = script.Plan(steps=[script.Step("bench", ["bench"], exit_code=0)],
+                       latency_reports=[tmp_path / "lat/latency.json", tmp_path / "missing/latency.json"])
+    summary = script.summary_markdown(plan)
+    assert "- bench: ok" in summary
+    plugin_rows = [line for line in summary.splitlines() if "m.plugin.onnx" in line]
+    assert len(plugin_rows) == 2 and all(line.rstrip(" |").endswith("x") for line in plugin_rows)
