@@ -366,3 +366,35 @@ def test_cli_batch_larger_than_an_engine_profile_exits_2(tmp_path, capsys):
     # Without a GPU the engine cannot be deserialized, which is said; with one the batch check speaks.
     assert "batch of 8 exceeds the largest batch 4" in error or "cannot deserialize mnv2.plan" in error \
         or "cuda-python" in error
+
+
+# GPU (skipped without one; `python -m pytest -m gpu` on a GPU machine)
+
+needs_gpu = pytest.mark.skipif(available_backends()["torch-cuda"] is not None, reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_torch_cuda_times_device_stages_and_graphs_replay_eager(model):
+    module = model[0]
+    inputs = _random(batch_size=4, num_batches=1)
+    eager = create_backend("torch-cuda", module_factory=lambda: module)
+    graphs = create_backend("torch-cuda", module_factory=lambda: module, cuda_graphs=True)
+    batch = inputs.batch(4)
+    np.testing.assert_allclose(graphs.run(batch), eager.run(batch), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(graphs.run(batch[::-1].copy()), eager.run(batch[::-1].copy()), rtol=1e-5, atol=1e-5)
+    result = measure_latency(graphs, 4, lambda n, i: _batch(inputs, n, i), settings=FAST)
+    stages = result.stages_mean_s
+    assert stages["host_to_device"] > 0 and stages["compute"] > 0 and stages["device_to_host"] > 0
+    assert graphs.describe()["device"] and graphs.describe()["cuda_graphs"] is True
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_torch_cuda_fp16_passes_the_fp16_tolerance_only(model):
+    module = model[0]
+    report = validate(TorchBackend(module), [create_backend("torch-cuda-fp16", module_factory=lambda: module)],
+                      _random())
+    (result,) = report.candidates
+    assert result.passed, result.summary()
+    assert result.tolerance == DEFAULT_TOLERANCES["fp16"] and result.metrics.max_abs_error > 0

@@ -25,6 +25,7 @@ sentence saying what to install; :func:`available_backends` lists what this mach
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -104,6 +105,8 @@ class TorchBackend:
             raise EcaDeployError("CUDA graphs need a CUDA device")
         self.torch, self.device, self.precision, self.cuda_graphs = torch, torch.device(device), precision, cuda_graphs
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        if device != "cpu" or precision != "fp32":  # .to() moves modules in place: leave the caller's alone
+            module = copy.deepcopy(module)
         self.module = module.to(device=self.device, dtype=self.dtype).eval()
         self.name = f"torch-{device}" + ("-fp16" if precision == "fp16" else "")
         self.max_batch = None
