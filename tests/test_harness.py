@@ -106,6 +106,7 @@ def test_a_backend_adding_known_noise_fails_by_exactly_that_much(resnet18):
     assert m.cosine_similarity == pytest.approx(expected_cosine, abs=1e-6)
     assert m.reference_max_abs == pytest.approx(np.abs(reference).max(), rel=1e-6)
     assert not result.passed and not report.passed  # 0.05 >> 1e-4 + 1e-4 * max|logit|
+    assert result.localization is None and "-b ort-cpu=MODEL.onnx" in result.summary()  # no ONNX to bisect
     smallest = result.to_dict()["smallest_passing_tolerance"]
     assert smallest["atol"] == pytest.approx(0.05, abs=1e-6)
     assert smallest["rtol"] == pytest.approx(0.05 / m.reference_max_abs, rel=1e-4)

@@ -74,6 +74,9 @@ class CandidateResult:
             text += f", top-1 accuracy {self.labels['top1']:.1%}"
         if self.localization:
             text += f"\n    {self.localization['summary']}"
+        elif not self.passed and self.backend.get("runtime") != "onnxruntime":
+            text += ("\n    to find the first diverging layer, validate the ONNX model this backend runs "
+                     "(-b ort-cpu=MODEL.onnx)")
         return text
 
 
