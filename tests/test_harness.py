@@ -399,3 +399,11 @@ def test_torch_cuda_fp16_passes_the_fp16_tolerance_only(model):
     (result,) = report.candidates
     assert result.passed, result.summary()
     assert result.tolerance == DEFAULT_TOLERANCES["fp16"] and result.metrics.max_abs_error > 0
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_torch_cuda_is_an_fp32_reference_with_tf32_off(model):
+    module = model[0]
+    report = validate(create_backend("torch-cuda", module_factory=lambda: module), [TorchBackend(module)], _random())
+    assert report.passed, report.candidates[0].summary()

@@ -25,7 +25,7 @@ from eca_deploy.cli import _harness
 from eca_deploy.cli.args import add_harness_args, add_model_args
 from eca_deploy.errors import EcaDeployError, ParityError
 from eca_deploy.harness.accuracy import validate
-from eca_deploy.harness.backends import TorchBackend
+from eca_deploy.harness.backends import create_backend
 from eca_deploy.harness.data import RandomInputs
 from eca_deploy.parity import DEFAULT_TOLERANCES
 
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--atol", type=float, help="absolute tolerance for every backend (default: per precision)")
     group.add_argument("--rtol", type=float, help="relative tolerance, times max|reference logit| (default: per precision)")
     group.add_argument("--no-localize", action="store_true", help="skip the first-diverging-layer search on failure")
+    group.add_argument("--reference", choices=("torch-cpu", "torch-cuda"), default="torch-cpu",
+                       help="where the PyTorch FP32 reference runs (default: torch-cpu; torch-cuda, with TF32 off, "
+                            "for large image sets on a GPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                            seed=args.seed))
     overrides = {key: value for key, value in (("atol", args.atol), ("rtol", args.rtol)) if value is not None}
     tolerances = {precision: replace(tolerance, **overrides) for precision, tolerance in DEFAULT_TOLERANCES.items()}
-    reference = TorchBackend(session.module())
+    reference = create_backend(args.reference, module_factory=session.module)
     with session.backends() as candidates:
         result = validate(reference, candidates, inputs, tolerances=tolerances, module_factory=session.module,
                           localize=not args.no_localize, progress=session.progress, total=len(inputs))

@@ -25,9 +25,10 @@ sentence saying what to install; :func:`available_backends` lists what this mach
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,8 +91,23 @@ def _check_batch_limit(backend: Backend, batch: np.ndarray) -> None:
                              f"{backend.max_batch}")
 
 
+@contextlib.contextmanager
+def ieee_fp32(torch) -> Iterator[None]:
+    """Turn TF32 off for convolutions and matmuls inside the block (FP32 means IEEE FP32 here)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class TorchBackend:
-    """PyTorch eager on CPU or CUDA; optional FP16 and CUDA graphs (one graph per batch size)."""
+    """PyTorch eager on CPU or CUDA; optional FP16 and CUDA graphs (one graph per batch size).
+
+    FP32 on CUDA runs with TF32 off (PyTorch enables it for cuDNN convolutions by default), so
+    ``torch-cuda`` is an FP32 reference on the GPU.
+    """
 
     def __init__(self, module, *, device: str = "cpu", precision: str = "fp32", cuda_graphs: bool = False) -> None:
         import torch
@@ -150,7 +166,8 @@ class TorchBackend:
             events[0].record()
             x = host.to(self.device, non_blocking=True).to(self.dtype)
             events[1].record()
-            logits = self._forward(x)
+            with ieee_fp32(torch) if self.precision == "fp32" else contextlib.nullcontext():
+                logits = self._forward(x)
             events[2].record()
             result = logits.float().to("cpu")
             events[3].record()
