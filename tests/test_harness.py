@@ -407,3 +407,31 @@ def test_torch_cuda_is_an_fp32_reference_with_tf32_off(model):
     module = model[0]
     report = validate(create_backend("torch-cuda", module_factory=lambda: module), [TorchBackend(module)], _random())
     assert report.passed, report.candidates[0].summary()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_tensorrt_engines_native_and_fused_validate_and_time_their_stages(model, tmp_path):
+    """Real TensorRT: a native engine (plain ONNX) and a fused one ($ECA_PLUGIN_LIBRARY: plugin layers,
+    else the node's function inlined), each validated and timed with and without CUDA graphs."""
+    import os
+
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed")
+    pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
+    from eca_deploy.engine import build_engine
+
+    module, plain, fused = model
+    plugin = Path(os.environ["ECA_PLUGIN_LIBRARY"]) if os.environ.get("ECA_PLUGIN_LIBRARY") else None
+    inputs = _random(batch_size=4, num_batches=1)
+    for onnx_path in (plain, fused):
+        engine = tmp_path / f"{onnx_path.stem}.engine"
+        build_engine(onnx_path, engine, batch=(1, 4, 8), plugin_library=plugin, backend="tensorrt", cache_dir=None)
+        for graphs in (False, True):
+            backend = create_backend("trt", model_path=engine, plugin_library=plugin, cuda_graphs=graphs)
+            assert validate(TorchBackend(module), [backend], _random()).passed
+            result = measure_latency(backend, 4, lambda n, i: _batch(inputs, n, i), settings=FAST)
+            stages = result.stages_mean_s
+            assert stages["host_to_device"] > 0 and stages["compute"] > 0 and stages["device_to_host"] > 0
+            with pytest.raises(EcaDeployError, match="batch of 9 exceeds the largest batch 8"):
+                backend.run(_random().batch(9))
+            backend.close()

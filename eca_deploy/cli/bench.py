@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     session = _harness.start(args, include_torch_cpu=True, engine_max_batch=max(batch_sizes))
     if args.images:
         images = session.images(max(batch_sizes))
-        next_batch, inputs = images.batch_of, images.describe()
+        next_batch, inputs = images.batch_of, images.describe() | {"batch_sizes": batch_sizes}
     else:
         random = RandomInputs(session.input_shape, batch_size=max(batch_sizes), num_batches=1, seed=args.seed)
         pool = {size: [random.batch(size, index) for index in range(2)] for size in batch_sizes}
