@@ -435,3 +435,17 @@ def test_tensorrt_engines_native_and_fused_validate_and_time_their_stages(model,
             with pytest.raises(EcaDeployError, match="batch of 9 exceeds the largest batch 8"):
                 backend.run(_random().batch(9))
             backend.close()
+
+
+def test_cli_precision_and_tolerance_overrides(tmp_path):
+    _, _, fused = export_demo_64(tmp_path.parent, "eca_mobilenet_v2", "mnv2")
+    strict = ["-b", f"ort-cpu={fused}", "--num-batches", "1", "--atol", "0", "--rtol", "0"]
+    assert main(["validate", *_zoo_args(tmp_path / "strict", *strict)]) == 1  # ORT is not bit-exact to PyTorch
+    report = json.loads((tmp_path / "strict/accuracy.json").read_text())
+    (candidate,) = report["accuracy"]["candidates"]
+    assert candidate["tolerance"]["atol"] == 0 and candidate["metrics"]["max_abs_error"] > 0
+    assert main(["validate", *_zoo_args(tmp_path / "fp16", "-b", f"ort-cpu={fused}", "--num-batches", "1",
+                                        "--precision", "fp16", "--no-localize")]) == 0
+    report = json.loads((tmp_path / "fp16/accuracy.json").read_text())
+    assert report["accuracy"]["candidates"][0]["tolerance"] == {"atol": 1e-2, "rtol": 2e-2, "min_cosine": 0.999,
+                                                                 "min_top1_agreement": 0.9}

@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=8, metavar="N", help="samples per batch (default: 8)")
     group.add_argument("--num-batches", type=int, default=4, metavar="N",
                        help="random batches to compare (default: 4; --images uses every image)")
+    group.add_argument("--precision", choices=("fp32", "fp16"),
+                       help="judge every backend by this precision's tolerance (default: each backend's own: PyTorch "
+                            "dtype, ONNX weight types, for engines the .fp16. tag eca-export/eca-deploy build put "
+                            "in file names)")
     group.add_argument("--atol", type=float, help="absolute tolerance for every backend (default: per precision)")
     group.add_argument("--rtol", type=float, help="relative tolerance, times max|reference logit| (default: per precision)")
     group.add_argument("--no-localize", action="store_true", help="skip the first-diverging-layer search on failure")
@@ -53,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
               RandomInputs(session.input_shape, batch_size=args.batch_size, num_batches=args.num_batches,
                            seed=args.seed))
     overrides = {key: value for key, value in (("atol", args.atol), ("rtol", args.rtol)) if value is not None}
-    tolerances = {precision: replace(tolerance, **overrides) for precision, tolerance in DEFAULT_TOLERANCES.items()}
+    tolerances = {precision: replace(DEFAULT_TOLERANCES[args.precision or precision], **overrides)
+                  for precision in DEFAULT_TOLERANCES}
     reference = create_backend(args.reference, module_factory=session.module)
     with session.backends() as candidates:
         result = validate(reference, candidates, inputs, tolerances=tolerances, module_factory=session.module,
