@@ -18,7 +18,7 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -47,6 +47,7 @@ class ExportResult:
     opset: int
     precision: str
     num_nodes: int
+    fp16_clamped: dict[str, int] = field(default_factory=lambda: {"underflow": 0, "overflow": 0})
 
     def to_dict(self) -> dict:
         return {
@@ -56,6 +57,7 @@ class ExportResult:
             "opset": self.opset,
             "precision": self.precision,
             "num_nodes": self.num_nodes,
+            "fp16_clamped": self.fp16_clamped,
         }
 
 
@@ -144,11 +146,27 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, 
         raise EcaDeployError(f"the dynamo exporter needs opset >= 18 (got {opset}): pass --exporter legacy")
     path = Path(path)
     model = _torch_export(module.eval(), torch.randn(2, *input_shape), exporter, opset)
+    clamped = {"underflow": 0, "overflow": 0}
     if precision == "fp16":
-        model = float16.convert_float_to_float16(model, keep_io_types=True)
+        model, clamped = to_float16(model)
     _name_batch_dims(model)
     model.producer_name = "eca-deploy"
     data_path = save_onnx(model, path, external_data)
     checked = check_onnx(path)
     return ExportResult(path=path, external_data_path=data_path, exporter=exporter, opset=opset,
-                        precision=precision, num_nodes=len(checked.graph.node))
+                        precision=precision, num_nodes=len(checked.graph.node), fp16_clamped=clamped)
+
+
+def to_float16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """FP16 weights and compute with float32 I/O (onnxconverter-common), and how often values were clamped.
+
+    Nonzero magnitudes below 1e-7 become +-1e-7 (``underflow``, harmless); magnitudes beyond 1e4,
+    the converter's limit, become +-1e4 (``overflow``, an accuracy risk worth a look). The
+    converter warns once per tensor and sign; the warnings are counted here instead of flooding stderr.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    messages = [str(w.message) for w in caught if "will be truncated to" in str(w.message)]
+    overflow = sum(abs(float(message.rsplit(" ", 1)[1])) >= 1 for message in messages)
+    return converted, {"underflow": len(messages) - overflow, "overflow": overflow}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_onnx
+from eca_deploy.export import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_onnx, to_float16
 from eca_deploy.models import create_demo_model
 from eca_deploy.parity import check_onnx_parity
 
@@ -87,3 +90,16 @@ def test_seeded_demo_models_are_reproducible_and_well_scaled():
     assert torch.equal(first, second)
     assert first.std() > 0.01  # BN calibration: raw random MobileNetV2 logits are ~1e-12
     assert not torch.equal(first, create_demo_model("eca_mobilenet_v2", seed=1)(x))
+
+
+def test_fp16_conversion_counts_clamped_values_instead_of_warning():
+    weights = numpy_helper.from_array(np.array([1e-9, -1e-9, 2e4, 1.0], dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weights])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may leak to the user's stderr
+        converted, clamped = to_float16(helper.make_model(graph))
+    assert clamped == {"underflow": 2, "overflow": 1}
+    (initializer,) = converted.graph.initializer
+    assert numpy_helper.to_array(initializer).dtype == np.float16

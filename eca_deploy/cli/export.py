@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
                                    precision=precision, opset=args.opset, exporter=args.exporter,
                                    external_data=args.external_data)
         report["export"] = exported.to_dict()
+        if any(exported.fp16_clamped.values()):
+            clamped = exported.fp16_clamped
+            progress.info(f"  FP16 weights: {clamped['underflow']} tensors held values below 1e-7 (set to +-1e-7), "
+                          f"{clamped['overflow']} beyond 1e4 (clamped to +-1e4)")
         onnx_files = [exported.path]
 
         if not args.no_fuse:
