@@ -150,9 +150,9 @@ class ParityReport:
                 f"batches {', '.join(str(r.batch_size) for r in self.results)}")
 
 
-def seeded_inputs(batch_size: int, input_shape: Sequence[int], seed: int) -> np.ndarray:
-    """Standard-normal float32 images, reproducible from ``seed`` and the batch size."""
-    rng = np.random.default_rng([seed, batch_size])
+def seeded_inputs(batch_size: int, input_shape: Sequence[int], seed: int, index: int = 0) -> np.ndarray:
+    """Standard-normal float32 images, reproducible from ``seed``, the batch size and the batch ``index``."""
+    rng = np.random.default_rng([seed, batch_size, index] if index else [seed, batch_size])
     return rng.standard_normal((batch_size, *input_shape), dtype=np.float32)
 
 

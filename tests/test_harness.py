@@ -61,7 +61,7 @@ class NoisyBackend:
 
     def __init__(self, module, offset: float) -> None:
         self.inner, self.offset = TorchBackend(module), offset
-        self.name, self.precision, self.max_batch, self.onnx_path = "noisy", "fp32", None, None
+        self.name, self.precision, self.onnx_path = "noisy", "fp32", None
 
     def run(self, batch):
         return self.inner.run(batch) + np.float32(self.offset)
@@ -250,12 +250,13 @@ def test_missing_runtimes_fail_with_one_sentence(model, tmp_path):
             create_backend("ort-cuda", model_path=fused)
 
 
-def test_batch_larger_than_the_profile_is_refused(model):
+def test_batches_are_checked_against_what_the_model_accepts(model):
     _, _, fused = model
-    backend = OnnxRuntimeBackend(fused)
-    backend.max_batch = 2  # as a TensorRT engine profile would cap it
-    with pytest.raises(EcaDeployError, match="batch of 4 exceeds the largest batch 2 of ort-cpu.*--max-batch"):
+    backend = OnnxRuntimeBackend(fused, max_batch=2)  # as a TensorRT engine profile caps it
+    with pytest.raises(EcaDeployError, match="batch of 4 exceeds the maximum 2 of this model"):
         backend.run(_random().batch(4))
+    with pytest.raises(EcaDeployError, match="input must be 64 x 64 pixels, got 32 x 32"):
+        backend.run(RandomInputs((3, 32, 32), batch_size=1, num_batches=1).batch(1))
 
 
 def test_class_index_files(tmp_path):
@@ -346,6 +347,7 @@ def test_cli_bad_inputs_exit_2_with_the_reason_and_no_report(tmp_path, capsys):
         (["bench", "-b", f"trt={not_engine}"], "model.engine is not a serialized TensorRT engine"),
         (["validate", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["validate", "-b", "tensorflow"], "unknown backend 'tensorflow'"),
+        (["validate", "-b", f"ort-cpu={fused}", "--input-size", "32"], "input must be 64 x 64 pixels, got 32 x 32"),
     ]
     for index, (command, message) in enumerate(cases):
         output = tmp_path / f"out{index}"
@@ -365,7 +367,7 @@ def test_cli_batch_larger_than_an_engine_profile_exits_2(tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err
     # Without a GPU the engine cannot be deserialized, which is said; with one the batch check speaks.
-    assert "batch of 8 exceeds the largest batch 4" in error or "cannot deserialize mnv2.plan" in error \
+    assert "batch of 8 exceeds the maximum 4" in error or "cannot deserialize mnv2.plan" in error \
         or "cuda-python" in error
 
 
@@ -432,7 +434,7 @@ def test_tensorrt_engines_native_and_fused_validate_and_time_their_stages(model,
             result = measure_latency(backend, 4, lambda n, i: _batch(inputs, n, i), settings=FAST)
             stages = result.stages_mean_s
             assert stages["host_to_device"] > 0 and stages["compute"] > 0 and stages["device_to_host"] > 0
-            with pytest.raises(EcaDeployError, match="batch of 9 exceeds the largest batch 8"):
+            with pytest.raises(EcaDeployError, match="batch of 9 exceeds the maximum 8"):
                 backend.run(_random().batch(9))
             backend.close()
 

@@ -68,7 +68,6 @@ class Backend(Protocol):
 
     name: str
     precision: str
-    max_batch: int | None
     onnx_path: Path | None  # the ONNX model it runs, for first-diverging-layer localisation
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -82,13 +81,6 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release sessions, engines and device memory."""
-
-
-def _check_batch_limit(backend: Backend, batch: np.ndarray) -> None:
-    if backend.max_batch is not None and batch.shape[0] > backend.max_batch:
-        raise EcaDeployError(f"batch of {batch.shape[0]} exceeds the largest batch {backend.max_batch} of "
-                             f"{backend.name}; rebuild the engine with a larger --max-batch or use --batch-size "
-                             f"{backend.max_batch}")
 
 
 @contextlib.contextmanager
@@ -125,7 +117,6 @@ class TorchBackend:
             module = copy.deepcopy(module)
         self.module = module.to(device=self.device, dtype=self.dtype).eval()
         self.name = f"torch-{device}" + ("-fp16" if precision == "fp16" else "")
-        self.max_batch = None
         self.onnx_path = None
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
 
@@ -190,27 +181,27 @@ class OnnxRuntimeBackend:
     """ONNX Runtime with one execution provider; transfers are inside ``compute`` (NumPy I/O)."""
 
     def __init__(self, path: str | Path, *, provider: str = "CPUExecutionProvider",
-                 plugin_library: str | Path | None = None, threads: int | None = None) -> None:
+                 plugin_library: str | Path | None = None, threads: int | None = None,
+                 max_batch: int | None = None) -> None:
         from eca_deploy.engine import onnx_precision, load_graph
         from eca_deploy.runtime.onnxrt import OnnxRuntimeBackend as Session
 
         self.onnx_path = Path(path)
         self._session = Session(self.onnx_path, providers=[provider],
                                 plugin_library=plugin_library if provider == "TensorrtExecutionProvider" else None,
-                                intra_op_threads=threads)
+                                max_batch=max_batch, intra_op_threads=threads)
         self.provider = provider
         self.precision = onnx_precision(load_graph(self.onnx_path))
         self.name = {value: key for key, value in ONNXRUNTIME_BACKENDS.items()}.get(provider, provider)
-        self.max_batch = self._session.spec.max_batch
         self.input_dtype = self._session.spec.dtype
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.run_timed(batch)[0]
 
     def run_timed(self, batch: np.ndarray) -> tuple[np.ndarray, StageTimes]:
-        _check_batch_limit(self, batch)
+        batch = self._session.spec.validate(batch.astype(self.input_dtype, copy=False), check_finite=False)
         start = time.perf_counter()
-        logits = self._session.run(np.ascontiguousarray(batch, dtype=self.input_dtype))
+        logits = self._session.run(batch)
         return np.asarray(logits, dtype=np.float32), StageTimes(compute=time.perf_counter() - start)
 
     def describe(self) -> dict[str, Any]:
@@ -239,16 +230,15 @@ class TensorRTBackend:
         spec = self._engine.spec
         # Strongly typed engines keep float32 I/O whatever they compute in; eca-export tags FP16 files.
         self.precision = "fp16" if spec.dtype == np.float16 or ".fp16." in self.engine_path.name else "fp32"
-        self.max_batch = spec.max_batch
         self.onnx_path = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.run_timed(batch)[0]
 
     def run_timed(self, batch: np.ndarray) -> tuple[np.ndarray, StageTimes]:
-        _check_batch_limit(self, batch)
+        spec = self._engine.spec
+        batch = spec.validate(batch.astype(spec.dtype, copy=False), check_finite=False)
         stage_seconds: dict[str, float] = {}
-        batch = np.ascontiguousarray(batch, dtype=self._engine.spec.dtype)
         logits = self._engine.run_profiled(batch, stage_seconds, cuda_graph=self.cuda_graphs)
         return np.asarray(logits, dtype=np.float32), StageTimes(**stage_seconds)
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from eca_deploy.errors import EcaDeployError
+from eca_deploy.parity import seeded_inputs
 from eca_deploy.preprocess import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -54,8 +55,8 @@ class RandomInputs:
             yield Batch(self.batch(self.batch_size, index), None)
 
     def batch(self, batch_size: int, index: int = 0) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, batch_size, index])
-        return rng.standard_normal((batch_size, *self.sample_shape), dtype=np.float32)
+        """The ``index``-th batch of ``batch_size`` samples (batch 0 is the one ``eca-export`` checks parity on)."""
+        return seeded_inputs(batch_size, self.sample_shape, self.seed, index)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "random", "distribution": "standard normal", "seed": self.seed,

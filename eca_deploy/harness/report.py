@@ -106,9 +106,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- nvpmodel: {jetson.get('nvpmodel') or 'unavailable'}")
     for name, reason in report["skipped_backends"].items():
         lines.append(f"- skipped {name}: {reason}")
-    columns = [c for c in _columns(report["kind"]) if any(row.get(c) is not None for row in table_rows(report))]
+    rows = table_rows(report)
+    columns = [c for c in _columns(report["kind"]) if any(row.get(c) is not None for row in rows)]
     lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in table_rows(report)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     if report["kind"] == "latency":
         lines += ["", "Latencies in milliseconds per batch; throughput in images per second; power is the "
                       "module input (INA3221) averaged over the timed phase."]
