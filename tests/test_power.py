@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from test_runtime import INPUT_SHAPE, export_demo_64
 
+from eca_deploy.errors import EcaDeployError
 from eca_deploy.harness.backends import OnnxRuntimeBackend
 from eca_deploy.harness.data import Batch, RandomInputs
 from eca_deploy.harness.environment import (PowerSampler, capture_environment, jetson_info, module_power_mw,
@@ -188,3 +189,14 @@ def test_tegrastats_sampler_reads_a_running_tegrastats(tmp_path, monkeypatch):
     assert summary.source == "tegrastats" and summary.samples >= 2
     assert summary.module_mean_w == pytest.approx(4.915) and summary.module_total_rails == ("VDD_IN",)
     assert summary.temperatures_max_c["tj"] == 46.968
+
+
+def test_asking_for_a_power_source_that_is_absent_says_so(tmp_path, monkeypatch):
+    with pytest.raises(EcaDeployError, match="no INA3221 power rails"):
+        PowerSampler("sysfs", root=tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(EcaDeployError, match="tegrastats is not on PATH"):
+        PowerSampler("tegrastats", root=tmp_path)
+    with pytest.raises(EcaDeployError, match="power source must be one of"):
+        PowerSampler("ina219")
+    assert PowerSampler("auto", root=tmp_path).source == "none"

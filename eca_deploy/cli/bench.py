@@ -25,10 +25,8 @@ from eca_deploy.cli import _harness
 from eca_deploy.cli.args import add_harness_args, add_model_args
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.harness.data import Batch, RandomInputs
-from eca_deploy.harness.environment import PowerSampler
+from eca_deploy.harness.environment import POWER_SOURCES, PowerSampler
 from eca_deploy.harness.latency import LatencySettings, measure_latency, scenario_summary
-
-POWER_SOURCES = ("auto", "sysfs", "tegrastats", "none")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise EcaDeployError(str(error)) from error
     batch_sizes = sorted(set(args.batch_sizes))
+    sampler = PowerSampler(args.power, interval_s=args.power_interval)
     session = _harness.start(args, include_torch_cpu=True, engine_max_batch=max(batch_sizes))
     if args.images:
         images = session.images(max(batch_sizes))
@@ -69,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
             return Batch(pool[size][index % 2], None)
 
         inputs = random.describe() | {"batch_sizes": batch_sizes}
-    sampler = PowerSampler(args.power, interval_s=args.power_interval)
     results = []
     with session.backends(cuda_graphs=args.cuda_graphs) as backends:
         with session.progress.bar(len(backends) * len(batch_sizes), "Benchmarking") as bar:

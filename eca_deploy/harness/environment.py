@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eca_deploy.errors import EcaDeployError
+
 # Which rails add up to the module's input power, most specific first.
 MODULE_TOTAL_RAILS = (
     ("VDD_IN",),                                                  # Orin NX / Orin Nano, Xavier NX, TX2, Nano
@@ -35,6 +37,7 @@ MODULE_TOTAL_RAILS = (
     ("GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"),                # AGX Xavier (JetPack 4)
     ("POM_5V_IN",),                                               # Nano (JetPack 4)
 )
+POWER_SOURCES = ("auto", "sysfs", "tegrastats", "none")
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?:/\d+(?:mW)?)?(?=\s|$)")
 _TEMPERATURE = re.compile(r"\b([A-Za-z][\w]*)@(-?\d+(?:\.\d+)?)C\b")
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")
@@ -209,11 +212,18 @@ class PowerSampler:
     """
 
     def __init__(self, source: str = "auto", interval_s: float = 0.05, root: Path = Path("/")) -> None:
-        if source not in ("auto", "sysfs", "tegrastats", "none"):
-            raise ValueError(f"unknown power source {source!r}")
+        if source not in POWER_SOURCES:
+            raise EcaDeployError(f"power source must be one of {', '.join(POWER_SOURCES)}, got {source!r}")
+        if interval_s <= 0:
+            raise EcaDeployError(f"the power sampling interval must be positive, got {interval_s}")
         self.root, self.interval_s = root, interval_s
         if source == "auto":
             source = "sysfs" if read_power_rails(root) else ("tegrastats" if shutil.which("tegrastats") else "none")
+        elif source == "sysfs" and not read_power_rails(root):
+            raise EcaDeployError("no INA3221 power rails under /sys/class/hwmon or the ina3221x driver: this is "
+                                 "not a Jetson with power monitors (use --power none or auto)")
+        elif source == "tegrastats" and shutil.which("tegrastats") is None:
+            raise EcaDeployError("tegrastats is not on PATH (it ships with Jetson Linux); use --power sysfs or none")
         self.source = source
 
     @property
