@@ -20,12 +20,14 @@ from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo
 
 from eca_deploy.cli.main import main
 from eca_deploy.errors import EcaDeployError
+from eca_deploy.export import export_onnx, save_onnx
 from eca_deploy.harness.accuracy import LabelAccuracy, validate
 from eca_deploy.harness.backends import (OnnxRuntimeBackend, StageTimes, TorchBackend, available_backends,
                                          create_backend, parse_backend_spec)
 from eca_deploy.harness.data import ImageFolderInputs, RandomInputs, load_class_index
 from eca_deploy.harness.latency import LatencySettings, latency_statistics, measure_latency, scenario_summary
 from eca_deploy.parity import DEFAULT_TOLERANCES, Tolerance
+from eca_deploy.passes import fuse_eca
 from eca_deploy.preprocess import Preprocessing
 
 MODELS = {"mnv2": "eca_mobilenet_v2", "resnet18": "eca_resnet18"}
@@ -451,3 +453,33 @@ def test_cli_precision_and_tolerance_overrides(tmp_path):
     report = json.loads((tmp_path / "fp16/accuracy.json").read_text())
     assert report["accuracy"]["candidates"][0]["tolerance"] == {"atol": 1e-2, "rtol": 2e-2, "min_cosine": 0.999,
                                                                  "min_top1_agreement": 0.9}
+
+
+@pytest.fixture(scope="session")
+def resnet18_fp16(resnet18, tmp_path_factory):
+    """The ResNet-18 demo model exported in FP16 (float32 I/O) and fused."""
+    module = resnet18[0]
+    directory = tmp_path_factory.mktemp("fp16")
+    plain = export_onnx(module, directory / "resnet18.fp16.onnx", input_shape=INPUT_SHAPE, exporter="legacy",
+                        precision="fp16").path
+    fused, _ = fuse_eca(onnx.load(str(plain)))
+    save_onnx(fused, directory / "resnet18.fp16.eca.onnx")
+    return module, directory / "resnet18.fp16.eca.onnx"
+
+
+def test_fp16_noise_passes_its_own_tolerance_and_a_broken_fp16_model_is_localised(resnet18_fp16, tmp_path):
+    module, fused = resnet18_fp16
+    backend = OnnxRuntimeBackend(fused)
+    assert backend.precision == "fp16"
+    (result,) = validate(TorchBackend(module), [backend], _random()).candidates
+    assert result.passed and result.tolerance == DEFAULT_TOLERANCES["fp16"]
+    assert not result.metrics.passes(DEFAULT_TOLERANCES["fp32"])  # FP16 noise: a failure only by FP32 standards
+    assert 1e-4 < result.to_dict()["smallest_passing_tolerance"]["atol"] < DEFAULT_TOLERANCES["fp16"].atol
+
+    broken = tmp_path / "broken.fp16.onnx"
+    layer = _break_eca_weight(fused, broken, index=5).removesuffix(".conv.weight")
+    (result,) = validate(TorchBackend(module), [OnnxRuntimeBackend(broken)], _random(),
+                         module_factory=lambda: module).candidates
+    assert not result.passed
+    assert result.localization["diverging_module"] == layer
+    assert result.localization["onnx_op_type"] == "EcaAttention"  # the first tensor computed after the last match

@@ -77,8 +77,9 @@ def module_outputs(module: nn.Module, sample: np.ndarray) -> list[tuple[str, str
     return recorded
 
 
-def onnx_intermediates(path: Path, sample: np.ndarray) -> dict[str, tuple[np.ndarray, str, str]]:
-    """Every tensor an ONNX model computes for ``sample`` on ONNX Runtime CPU: name -> (value, node, op)."""
+def onnx_intermediates(path: Path, sample: np.ndarray) -> list[tuple[str, np.ndarray, str, str]]:
+    """Every float tensor an ONNX model computes for ``sample`` on ONNX Runtime CPU, in graph order:
+    (tensor name, value, producing node, its op type)."""
     model = onnx.load(str(path))
     outputs = {out.name for out in model.graph.output}
     producers = {}
@@ -87,7 +88,8 @@ def onnx_intermediates(path: Path, sample: np.ndarray) -> dict[str, tuple[np.nda
             if name and name not in outputs:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
                 outputs.add(name)
-            producers[name] = (node.name, node.op_type)
+            if name:
+                producers[name] = (node.name, node.op_type)
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
@@ -95,36 +97,36 @@ def onnx_intermediates(path: Path, sample: np.ndarray) -> dict[str, tuple[np.nda
                              f"tensor marked as an output ({first_line(error)})") from error
     (graph_input,) = session.get_inputs()
     dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
-    names = [out.name for out in session.get_outputs()]
+    names = [name for name in producers if name in {out.name for out in session.get_outputs()}]
     values = session.run(names, {graph_input.name: sample.astype(dtype)})
-    return {name: (np.asarray(value), *producers.get(name, ("", "")))
-            for name, value in zip(names, values) if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
+    return [(name, np.asarray(value), *producers[name]) for name, value in zip(names, values)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f"]
 
 
 def first_divergence(module: nn.Module, onnx_path: str | Path, sample: np.ndarray, *,
                      precision: str = "fp32") -> Divergence:
     """Compare every module output of ``module`` with the tensors of ``onnx_path`` on one sample."""
     tolerance = MATCH_TOLERANCE[precision]
-    reference = module_outputs(module, sample)
-    by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray, str, str]]] = defaultdict(list)
-    for name, (value, node, op_type) in onnx_intermediates(Path(onnx_path), sample).items():
-        by_shape[value.shape].append((name, value.astype(np.float64), node, op_type))
+    by_shape: dict[tuple[int, ...], list[tuple[int, str, np.ndarray, str, str]]] = defaultdict(list)
+    for position, (tensor, value, node, op_type) in enumerate(onnx_intermediates(Path(onnx_path), sample)):
+        by_shape[value.shape].append((position, tensor, value.astype(np.float64), node, op_type))
 
-    compared = []  # (module, type, best relative error, best tensor)
-    for name, kind, output in reference:
+    compared = []  # (module, type, [(relative error, graph position, tensor, node, op type), ...] best first)
+    for name, kind, output in module_outputs(module, sample):
         candidates = by_shape.get(output.shape)
-        if not candidates:
-            continue
-        expected = output.astype(np.float64)
-        scale = max(float(np.abs(expected).max()), 1e-6)
-        errors = [(float(np.abs(value - expected).max()) / scale, tensor, node, op)
-                  for tensor, value, node, op in candidates]
-        compared.append((name, kind, min(errors, key=lambda e: e[0])))
-    reproduced = [index for index, (_, _, best) in enumerate(compared) if best[0] <= tolerance]
+        if candidates:
+            expected = output.astype(np.float64)
+            scale = max(float(np.abs(expected).max()), 1e-6)
+            errors = sorted((float(np.abs(value - expected).max()) / scale, position, tensor, node, op)
+                            for position, tensor, value, node, op in candidates)
+            compared.append((name, kind, errors))
+    reproduced = [index for index, (_, _, errors) in enumerate(compared) if errors[0][0] <= tolerance]
     last = reproduced[-1] if reproduced else -1
-    if last == len(compared) - 1:
-        return Divergence(compared[last][0] if compared else None, None, None, None, None, None, None,
-                          len(reproduced), len(compared))
-    name, kind, (error, tensor, node, op_type) = compared[last + 1]
-    return Divergence(compared[last][0] if last >= 0 else None, name, kind, tensor, node, op_type, error,
-                      len(reproduced), len(compared))
+    last_name = compared[last][0] if last >= 0 else None
+    if compared and last == len(compared) - 1:
+        return Divergence(last_name, None, None, None, None, None, None, len(reproduced), len(compared))
+    name, kind, errors = compared[last + 1]
+    # The nearest tensor computed after the last reproduced one: the divergence lies between them.
+    after = compared[last][2][0][1] if last >= 0 else -1
+    error, _, tensor, node, op_type = next((e for e in errors if e[1] > after), errors[0])
+    return Divergence(last_name, name, kind, tensor, node, op_type, error, len(reproduced), len(compared))
