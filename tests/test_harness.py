@@ -483,3 +483,14 @@ def test_fp16_noise_passes_its_own_tolerance_and_a_broken_fp16_model_is_localise
     assert not result.passed
     assert result.localization["diverging_module"] == layer
     assert result.localization["onnx_op_type"] == "EcaAttention"  # the first tensor computed after the last match
+
+
+def test_io_binding_stage_split_gives_the_same_logits(model):
+    """The I/O-binding path of ort-cuda/ort-trt, run here on the CPU device: same logits, three stages."""
+    _, _, fused = model
+    plain_run, bound = OnnxRuntimeBackend(fused), OnnxRuntimeBackend(fused)
+    bound.io_device = "cpu"
+    batch = _random().batch(3)
+    logits, stages = bound.run_timed(batch)
+    np.testing.assert_array_equal(logits, plain_run.run(batch))
+    assert stages.host_to_device > 0 and stages.compute > 0 and stages.device_to_host > 0

@@ -2,8 +2,8 @@
 
 One *iteration* is one query as a service would see it: preprocessing (image inputs only),
 host-to-device copy, device compute, device-to-host copy, postprocessing (softmax and top-5).
-Device stages are timed with CUDA events where the backend runs on a GPU; ONNX Runtime's NumPy
-I/O keeps its copies inside ``compute``. Warm-up and timed phases each end when both their
+Device stages are timed with CUDA events on PyTorch CUDA and TensorRT, and split by I/O binding
+on ONNX Runtime's GPU providers; CPU backends have no transfers. Warm-up and timed phases each end when both their
 iteration count and their duration are reached (as trtexec's ``--iterations``/``--duration``).
 
 Scenarios, in MLPerf's sense: *single-stream* is batch 1 queries issued one after another
