@@ -71,8 +71,8 @@ class AgreementAccumulator:
         self._top1 = self._top5 = 0
         self._identical = True
 
-    def update(self, reference: np.ndarray, candidate: np.ndarray) -> None:
-        """Add one batch of N x classes logits."""
+    def update(self, reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+        """Add one batch of N x classes logits; return each row's max abs error."""
         if reference.shape != candidate.shape:
             raise EcaDeployError(f"output shapes differ: reference {reference.shape}, candidate {candidate.shape}")
         ref = reference.astype(np.float64).reshape(reference.shape[0], -1)
@@ -89,6 +89,7 @@ class AgreementAccumulator:
         reference_top1 = ref.argmax(-1)
         self._top1 += int((reference_top1 == cand.argmax(-1)).sum())
         self._top5 += int(topk_hits(cand, reference_top1, k=5).sum())
+        return diff.max(axis=1)
 
     def result(self) -> ParityMetrics:
         if not self.count:

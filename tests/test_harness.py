@@ -494,3 +494,21 @@ def test_io_binding_stage_split_gives_the_same_logits(model):
     logits, stages = bound.run_timed(batch)
     np.testing.assert_array_equal(logits, plain_run.run(batch))
     assert stages.host_to_device > 0 and stages.compute > 0 and stages.device_to_host > 0
+
+
+def test_the_plugin_library_comes_from_the_environment_where_a_backend_needs_it(model, tmp_path, monkeypatch):
+    from eca_deploy.harness.targets import plan_backends
+    from eca_deploy.progress import Progress
+
+    _, _, fused = model
+    library = tmp_path / "libeca_plugin_autoreg.so"
+    library.write_bytes(b"")
+    monkeypatch.setenv("ECA_PLUGIN_LIBRARY", str(library))
+    common = dict(module=model[0], work_dir=tmp_path, input_shape=INPUT_SHAPE, precision="fp32",
+                  include_torch_cpu=False, plugin_library=None, engine_batch=(1, 1, 1), progress=Progress(quiet=True))
+    assert plan_backends([f"ort-trt={fused}"], **common).plugin_library == library
+    assert plan_backends([f"ort-cpu={fused}"], **common).plugin_library is None  # not needed, not resolved
+    monkeypatch.setenv("ECA_PLUGIN_LIBRARY", str(tmp_path / "missing.so"))
+    assert plan_backends([f"ort-cpu={fused}"], **common).backends == [("ort-cpu", fused)]
+    with pytest.raises(EcaDeployError, match="missing.so does not exist"):
+        plan_backends([f"trt={fused}"], **common)

@@ -46,8 +46,8 @@ class HarnessRun:
 
     @contextmanager
     def backends(self, *, cuda_graphs: bool = False) -> Iterator[list[Backend]]:
-        created = instantiate(self.plan, module_factory=self.module, plugin_library=self.args.plugin,
-                              cuda_graphs=cuda_graphs, threads=self.args.threads)
+        created = instantiate(self.plan, module_factory=self.module, cuda_graphs=cuda_graphs,
+                              threads=self.args.threads)
         try:
             yield created
         finally:

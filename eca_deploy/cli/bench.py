@@ -35,8 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("benchmark")
     group.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N",
                        help="batch sizes to sweep (default: 1 8); batch 1 is the single-stream scenario")
-    group.add_argument("--warmup-iterations", type=int, default=5, metavar="N", help="at least N warm-up runs (default: 5)")
-    group.add_argument("--warmup-seconds", type=float, default=0.5, metavar="S", help="and at least S seconds (default: 0.5)")
+    group.add_argument("--warmup-iterations", type=int, default=5, metavar="N",
+                       help="at least N warm-up runs (default: 5)")
+    group.add_argument("--warmup-seconds", type=float, default=0.5, metavar="S",
+                       help="and at least S seconds (default: 0.5)")
     group.add_argument("--iterations", type=int, default=20, metavar="N", help="at least N timed runs (default: 20)")
     group.add_argument("--duration", type=float, default=2.0, metavar="S", help="and at least S seconds (default: 2)")
     group.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs on torch-cuda and trt backends")

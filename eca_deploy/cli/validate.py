@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "dtype, ONNX weight types, for engines the .fp16. tag eca-export/eca-deploy build put "
                             "in file names)")
     group.add_argument("--atol", type=float, help="absolute tolerance for every backend (default: per precision)")
-    group.add_argument("--rtol", type=float, help="relative tolerance, times max|reference logit| (default: per precision)")
+    group.add_argument("--rtol", type=float,
+                       help="relative tolerance, times max|reference logit| (default: per precision)")
     group.add_argument("--no-localize", action="store_true", help="skip the first-diverging-layer search on failure")
     group.add_argument("--reference", choices=("torch-cpu", "torch-cuda"), default="torch-cpu",
                        help="where the PyTorch FP32 reference runs (default: torch-cpu; torch-cuda, with TF32 off, "

@@ -118,9 +118,8 @@ def validate(reference: Backend, candidates: Sequence[Backend], batches: Iterabl
             reference_accuracy.update(expected, batch.labels)
             for index, candidate in enumerate(candidates):
                 actual = candidate.run(batch.images)
-                agreement[index].update(expected, actual)
+                errors = agreement[index].update(expected, actual)
                 accuracy[index].update(actual, batch.labels)
-                errors = np.abs(expected.astype(np.float64) - actual).max(axis=1)
                 if errors.max() > worst[index][0]:
                     worst[index] = (float(errors.max()), batch.images[int(errors.argmax())][None])
             bar.advance()

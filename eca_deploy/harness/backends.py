@@ -43,6 +43,8 @@ ONNXRUNTIME_BACKENDS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExec
                         "ort-trt": "TensorrtExecutionProvider"}
 TENSORRT_BACKENDS = {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
 BACKEND_NAMES = (*TORCH_BACKENDS, *ONNXRUNTIME_BACKENDS, *TENSORRT_BACKENDS)
+CUDA_GRAPH_BACKENDS = ("torch-cuda", "torch-cuda-fp16", *TENSORRT_BACKENDS)  # --cuda-graphs applies to these
+PLUGIN_BACKENDS = ("ort-trt", *TENSORRT_BACKENDS)  # --plugin (or $ECA_PLUGIN_LIBRARY) applies to these
 
 
 @dataclass

@@ -45,7 +45,8 @@ class RandomInputs:
     def __init__(self, sample_shape: Sequence[int], *, batch_size: int, num_batches: int, seed: int = 0) -> None:
         if batch_size < 1 or num_batches < 1:
             raise EcaDeployError(f"batch size and batch count must be positive, got {batch_size} and {num_batches}")
-        self.sample_shape, self.batch_size, self.num_batches, self.seed = tuple(sample_shape), batch_size, num_batches, seed
+        self.sample_shape, self.seed = tuple(sample_shape), seed
+        self.batch_size, self.num_batches = batch_size, num_batches
 
     def __len__(self) -> int:
         return self.num_batches
@@ -75,15 +76,16 @@ class ImageFolderInputs:
         if batch_size < 1:
             raise EcaDeployError(f"batch size must be positive, got {batch_size}")
         self.preprocessing, self.batch_size = preprocessing, batch_size
-        class_dirs = sorted(d for d in self.root.iterdir() if d.is_dir() and _images_in(d))
-        if class_dirs:
+        folders = sorted(d for d in self.root.iterdir() if d.is_dir())
+        class_images = {d.name: images for d in folders if (images := _images_in(d))}
+        if class_images:
             self.layout = "imagefolder"
-            index = load_class_index(class_index) if class_index else {d.name: i for i, d in enumerate(class_dirs)}
-            unknown = [d.name for d in class_dirs if d.name not in index]
+            index = load_class_index(class_index) if class_index else {name: i for i, name in enumerate(class_images)}
+            unknown = [name for name in class_images if name not in index]
             if unknown:
                 raise EcaDeployError(f"class folders {', '.join(unknown[:5])} are not in the class index "
                                      f"{class_index}")
-            self.samples = [(path, index[d.name]) for d in class_dirs for path in _images_in(d)]
+            self.samples = [(path, index[name]) for name, images in class_images.items() for path in images]
         else:
             self.layout = "flat"
             self.samples = [(path, -1) for path in _images_in(self.root)]

@@ -16,9 +16,11 @@ from pathlib import Path
 import onnx
 from torch import nn
 
+from eca_deploy.engine import resolve_plugin_library
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.export import export_onnx, save_onnx
-from eca_deploy.harness.backends import Backend, available_backends, create_backend, parse_backend_spec
+from eca_deploy.harness.backends import (CUDA_GRAPH_BACKENDS, PLUGIN_BACKENDS, Backend, available_backends, create_backend,
+                                         parse_backend_spec)
 from eca_deploy.passes import fuse_eca
 from eca_deploy.progress import Progress
 
@@ -30,6 +32,7 @@ class BackendPlan:
     backends: list[tuple[str, Path | None]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    plugin_library: Path | None = None  # --plugin, else $ECA_PLUGIN_LIBRARY
 
 
 def plan_backends(specs: Sequence[str], *, module: nn.Module, work_dir: Path, input_shape: tuple[int, int, int],
@@ -39,14 +42,17 @@ def plan_backends(specs: Sequence[str], *, module: nn.Module, work_dir: Path, in
     plan = BackendPlan()
     if specs:
         plan.backends = [parse_backend_spec(spec) for spec in specs]
+        if any(name in PLUGIN_BACKENDS for name, _ in plan.backends):
+            plan.plugin_library = resolve_plugin_library(plugin_library)
         return plan
+    plan.plugin_library = resolve_plugin_library(plugin_library)
     available = available_backends()
     plain, fused = _export_models(module, work_dir, input_shape, precision, progress)
     plan.files = {"onnx": str(plain), "fused_onnx": str(fused)}
     torch_gpu = "torch-cuda-fp16" if precision == "fp16" else "torch-cuda"
     wanted: list[tuple[str, Path | None]] = [("torch-cpu", None)] if include_torch_cpu else []
     wanted += [("ort-cpu", plain), ("ort-cpu", fused), (torch_gpu, None), ("ort-cuda", fused)]
-    if plugin_library is not None:
+    if plan.plugin_library is not None:
         wanted.append(("ort-trt", fused))
     else:
         plan.skipped["ort-trt"] = "no plugin library: pass --plugin libeca_plugin_autoreg.so"
@@ -58,12 +64,11 @@ def plan_backends(specs: Sequence[str], *, module: nn.Module, work_dir: Path, in
     if available["trt"] is not None:
         plan.skipped["trt"] = available["trt"]
         return plan
-    from eca_deploy.engine import build_engine, resolve_plugin_library
+    from eca_deploy.engine import build_engine
 
-    library = resolve_plugin_library(plugin_library)
     engines = [("native", plain, None)]
-    if library is not None:
-        engines.append(("plugin", fused, library))
+    if plan.plugin_library is not None:
+        engines.append(("plugin", fused, plan.plugin_library))
     else:
         plan.skipped["trt (plugin engine)"] = "no plugin library: pass --plugin or set $ECA_PLUGIN_LIBRARY"
     for kind, onnx_path, plugin in engines:
@@ -78,7 +83,7 @@ def plan_backends(specs: Sequence[str], *, module: nn.Module, work_dir: Path, in
 
 def _export_models(module: nn.Module, work_dir: Path, input_shape: tuple[int, int, int], precision: str,
                    progress: Progress) -> tuple[Path, Path]:
-    """Plain and fused ONNX of ``module`` in ``work_dir`` (reused when already there)."""
+    """Export ``module`` to plain and ECA-fused ONNX in ``work_dir``."""
     work_dir.mkdir(parents=True, exist_ok=True)
     tag = f"model.{precision}" if precision == "fp16" else "model"
     plain, fused = work_dir / f"{tag}.onnx", work_dir / f"{tag}.eca.onnx"
@@ -89,15 +94,15 @@ def _export_models(module: nn.Module, work_dir: Path, input_shape: tuple[int, in
     return plain, fused
 
 
-def instantiate(plan: BackendPlan, *, module_factory: Callable[[], nn.Module], plugin_library: Path | None,
-                cuda_graphs: bool, threads: int | None) -> list[Backend]:
+def instantiate(plan: BackendPlan, *, module_factory: Callable[[], nn.Module], cuda_graphs: bool,
+                threads: int | None) -> list[Backend]:
     """Create the planned backends; on any failure close the ones already created."""
     backends: list[Backend] = []
     try:
         for name, path in plan.backends:
             backend = create_backend(name, model_path=path, module_factory=module_factory,
-                                     plugin_library=plugin_library, cuda_graphs=cuda_graphs and name != "torch-cpu"
-                                     and not name.startswith("ort"), threads=threads)
+                                     plugin_library=plan.plugin_library,
+                                     cuda_graphs=cuda_graphs and name in CUDA_GRAPH_BACKENDS, threads=threads)
             backend.name = name if path is None else f"{name}:{path.name}"
             backends.append(backend)
     except BaseException:
