@@ -29,7 +29,7 @@ from torch import nn
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.models import EcaLayer
 from eca_deploy.nvrtc import PAD_MODE_CODES, single_launch_params
-from eca_deploy.resources import plugin_dir
+from eca_deploy.resources import cache_root, plugin_dir
 
 LIBRARY_NAME = "libeca_kernel.so"
 SOURCES = ("ecaKernel.cu", "ecaCApi.cu")
@@ -85,7 +85,7 @@ def _nvcc_version(nvcc: Path) -> str:
 
 def cache_dir() -> Path:
     """Root of the build cache: $XDG_CACHE_HOME/eca_deploy/kernels (default ~/.cache/...)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eca_deploy" / "kernels"
+    return cache_root() / "kernels"
 
 
 def build_kernel_library(arch: str | None = None, force: bool = False) -> Path:

@@ -15,6 +15,13 @@ class ParityError(EcaDeployError):
     exit_code = 1
 
 
+class PluginNotUsedError(EcaDeployError):
+    """An engine was asked to run the fused nodes on the plugin and did not get one plugin layer per
+    fused node: exit code 1 (the engine is not written)."""
+
+    exit_code = 1
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (or its type name), for one-sentence errors."""
     text = str(error).strip()

@@ -27,6 +27,7 @@ from onnxconverter_common import float16
 from torch import nn
 
 from eca_deploy.errors import EcaDeployError, first_line
+from eca_deploy.onnx_files import check_onnx, save_onnx
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -97,33 +98,6 @@ def _name_batch_dims(model: onnx.ModelProto) -> None:
         dim = value.type.tensor_type.shape.dim[0]
         dim.Clear()
         dim.dim_param = BATCH_DIM
-
-
-def save_onnx(model: onnx.ModelProto, path: Path, external_data: bool = False) -> Path | None:
-    """Save ``model`` to ``path``, weights in ``<name>.data`` beside it when ``external_data``.
-
-    Returns the external data path, if any. Models over 2 GB must use external data.
-    """
-    path = Path(path)
-    if not external_data:
-        if model.ByteSize() > onnx.checker.MAXIMUM_PROTOBUF:
-            raise EcaDeployError(f"{path.name} would exceed protobuf's 2 GB limit: pass --external-data")
-        onnx.save_model(model, path)
-        return None
-    data_path = path.with_name(path.name + ".data")
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_path.name, size_threshold=1024)
-    return data_path
-
-
-def check_onnx(path: Path) -> onnx.ModelProto:
-    """Run the full ONNX checker and strict shape inference on a saved model (external data too)."""
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-        onnx.shape_inference.infer_shapes_path(str(path), strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        raise EcaDeployError(f"{Path(path).name} failed the ONNX checker: {first_line(error)}") from error
-    return onnx.load(str(path))
 
 
 def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, int, int] = (3, 224, 224),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -19,3 +20,8 @@ def resource_path(relative: str) -> Path:
 def plugin_dir() -> Path:
     """The folder holding the ECA plugin's CUDA/C++ sources and its ``_PluginConfig.yaml``."""
     return resource_path("plugins/eca")
+
+
+def cache_root() -> Path:
+    """Root of eca-deploy's caches (engines, kernels, links): $XDG_CACHE_HOME/eca_deploy, else ~/.cache/eca_deploy."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "eca_deploy"

@@ -37,6 +37,7 @@ from typing import Any
 import onnx
 
 from eca_deploy.errors import EcaDeployError, first_line
+from eca_deploy.tensorrt.plugin_library import AUTOREG_LIBRARY, is_self_registering
 
 VARIANTS = ("tensorrt", "onnx", "python")
 ONNX_DEVICES = ("cpu", "gpu")
@@ -193,17 +194,18 @@ def triton_model_name(name: str) -> str:
 
 
 def _triton_plugin(plugin_library: Path) -> Path:
-    """The library Triton can load: the self-registering one (Triton only dlopen()s plugin libraries)."""
+    """The library Triton can load: the self-registering one (Triton only dlopen()s plugin libraries),
+    given directly or found beside the loadLibrary-style ``libeca_plugin.so`` CMake builds with it."""
     if not plugin_library.is_file():
         raise EcaDeployError(f"plugin library {plugin_library} does not exist")
-    if "autoreg" not in plugin_library.name:
-        sibling = plugin_library.with_name(plugin_library.name.replace("libeca_plugin", "libeca_plugin_autoreg", 1))
-        if sibling != plugin_library and sibling.is_file():
-            return sibling
-        raise EcaDeployError(f"Triton only dlopen()s plugin libraries, so it needs the self-registering "
-                             f"libeca_plugin_autoreg.so (built beside {plugin_library.name} when CMake finds "
-                             f"libnvinfer), not {plugin_library.name}")
-    return plugin_library
+    if is_self_registering(plugin_library):
+        return plugin_library
+    sibling = plugin_library.with_name(AUTOREG_LIBRARY)
+    if sibling.is_file() and is_self_registering(sibling):
+        return sibling
+    raise EcaDeployError(f"Triton only dlopen()s plugin libraries, so it needs the self-registering "
+                         f"{AUTOREG_LIBRARY} (built beside {plugin_library.name} when CMake finds libnvinfer); "
+                         f"{plugin_library.name} only hands its creator to IPluginRegistry::loadLibrary")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo
 
 from eca_deploy.cli.main import main
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import export_onnx, save_onnx
+from eca_deploy.export import export_onnx
+from eca_deploy.onnx_files import save_onnx
 from eca_deploy.harness.accuracy import LabelAccuracy, validate
 from eca_deploy.harness.backends import (OnnxRuntimeBackend, StageTimes, TorchBackend, available_backends,
                                          create_backend, parse_backend_spec)
@@ -422,7 +423,7 @@ def test_tensorrt_engines_native_and_fused_validate_and_time_their_stages(model,
 
     pytest.importorskip("tensorrt", reason="tensorrt is not installed")
     pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
-    from eca_deploy.engine import build_engine
+    from eca_deploy.tensorrt.engine import build_engine
 
     module, plain, fused = model
     plugin = Path(os.environ["ECA_PLUGIN_LIBRARY"]) if os.environ.get("ECA_PLUGIN_LIBRARY") else None
@@ -510,5 +511,5 @@ def test_the_plugin_library_comes_from_the_environment_where_a_backend_needs_it(
     assert plan_backends([f"ort-cpu={fused}"], **common).plugin_library is None  # not needed, not resolved
     monkeypatch.setenv("ECA_PLUGIN_LIBRARY", str(tmp_path / "missing.so"))
     assert plan_backends([f"ort-cpu={fused}"], **common).backends == [("ort-cpu", fused)]
-    with pytest.raises(EcaDeployError, match="missing.so does not exist"):
+    with pytest.raises(EcaDeployError, match=r"missing.so \(from \$ECA_PLUGIN_LIBRARY\) does not exist"):
         plan_backends([f"trt={fused}"], **common)

@@ -1,10 +1,8 @@
 """The TensorRT plugin folder (plugins/eca): generated schema header, C++ creator vs. schema, Polygraphy pattern.
 
 The build tests configure and compile the plugin with CMake against TensorRT's headers alone (no GPU and no
-TensorRT library needed), for one CUDA architecture and with warnings as errors, then inspect the library
-with ecaPluginInfo. They find the headers through ECA_TENSORRT_INCLUDE (a directory holding
-NvInferRuntime.h), else TensorRT_ROOT (its include/), else the usual install locations, and skip when
-there are none.
+TensorRT library needed), for one CUDA architecture and with warnings as errors, against the TensorRT 10.3 and
+11.1 headers beside the checkout (tests/plugin_build.py), then inspect the library with ecaPluginInfo.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +24,8 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 import torch
+from plugin_build import SDK_VERSIONS, run_checked
+from plugin_build import plugin_build as build_plugin
 from torch import nn
 
 from eca_deploy.models import EcaLayer
@@ -34,11 +33,6 @@ from eca_deploy.passes.fused_node import make_eca_function
 from eca_deploy.resources import plugin_dir
 from eca_deploy.schema import CPP_HEADER_FILE, eca_schema
 
-HEADER_ENV, ROOT_ENV = "ECA_TENSORRT_INCLUDE", "TensorRT_ROOT"
-TENSORRT_HEADER = "NvInferRuntime.h"
-STANDARD_INCLUDE_DIRS = ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include",
-                         "/usr/local/tensorrt/include", "/opt/tensorrt/include")
-CUDA_ARCHITECTURE = "87"  # Jetson Orin; one architecture keeps the build short
 PLUGIN_LIBRARY = "libeca_plugin.so"
 LOADER_ENTRY_POINTS = {"getCreators", "setLoggerFinder"}
 SYSTEM_LIBRARIES = ("libc.so", "libstdc++.so", "libgcc_s.so", "libm.so", "libdl.so", "libpthread.so",
@@ -149,48 +143,12 @@ def test_pattern_ignores_an_eca_like_block_whose_conv_has_a_bias(pattern):
     assert [instance["attributes"]["kernel_size"] for instance in pattern.get_matching_subgraphs(graph)] == [3]
 
 
-# --- Plugin build ----------------------------------------------------------------------------------------------
+# --- Plugin build ---------------------------------------------------------------------------------------------
 
-def _tensorrt_include_dir() -> Path:
-    for variable, relative in ((HEADER_ENV, "."), (ROOT_ENV, "include")):
-        if os.environ.get(variable):
-            directory = Path(os.environ[variable], relative).resolve()
-            if not (directory / TENSORRT_HEADER).is_file():
-                pytest.fail(f"{variable}={os.environ[variable]}: no {TENSORRT_HEADER} in {directory}")
-            return directory
-    for candidate in map(Path, STANDARD_INCLUDE_DIRS):
-        if (candidate / TENSORRT_HEADER).is_file():
-            return candidate
-    pytest.skip(f"TensorRT headers not found: set {HEADER_ENV} to a directory holding {TENSORRT_HEADER} "
-                f"(or {ROOT_ENV} to a TensorRT installation)")
-
-
-def _cuda_compiler() -> str:
-    for candidate in (os.environ.get("CUDACXX"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    pytest.skip("nvcc not found: set CUDACXX or put the CUDA toolkit's bin/ on PATH")
-
-
-def _run(command: list[str]) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        output = result.stdout[-4000:] + result.stderr[-4000:]
-        pytest.fail(f"{' '.join(command)} failed ({result.returncode}):\n{output}")
-    return result.stdout
-
-
-@pytest.fixture(scope="session")
-def plugin_build(tmp_path_factory) -> Path:
-    """plugins/eca built once per session for one architecture, with -Werror."""
-    include_dir, nvcc, cmake = _tensorrt_include_dir(), _cuda_compiler(), shutil.which("cmake")
-    if cmake is None:
-        pytest.skip("cmake not found")
-    build = tmp_path_factory.mktemp("eca_plugin_build")
-    _run([cmake, "-S", str(plugin_dir()), "-B", str(build), f"-DTensorRT_INCLUDE_DIR={include_dir}",
-          f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHITECTURE}", "-DECA_WERROR=ON"])
-    _run([cmake, "--build", str(build), "--parallel", str(os.cpu_count() or 1)])
-    return build
+@pytest.fixture(scope="module", params=SDK_VERSIONS)
+def plugin_build(request) -> Path:
+    """plugins/eca built with -Werror against each TensorRT header set of ../shared/sdk."""
+    return build_plugin(request.param)
 
 
 def plugin_info(build: Path, *fields: str) -> tuple[int, dict]:
@@ -215,24 +173,24 @@ def test_plugin_library_exports_the_loader_entry_points_and_needs_no_tensorrt_li
     if shutil.which("nm") is None or shutil.which("readelf") is None:
         pytest.skip("needs binutils (nm, readelf)")
     library = str(plugin_build / PLUGIN_LIBRARY)
-    exported = _run(["nm", "-D", "--defined-only", "--extern-only", library]).split()[2::3]
+    exported = run_checked(["nm", "-D", "--defined-only", "--extern-only", library]).split()[2::3]
     assert set(exported) == LOADER_ENTRY_POINTS
-    needed = [line.split("[")[1].rstrip("]") for line in _run(["readelf", "-d", library]).splitlines()
+    needed = [line.split("[")[1].rstrip("]") for line in run_checked(["readelf", "-d", library]).splitlines()
               if "(NEEDED)" in line]
     assert all(name.startswith(SYSTEM_LIBRARIES) for name in needed), needed
-    undefined_lines = _run(["nm", "-D", "--undefined-only", library]).splitlines()
+    undefined_lines = run_checked(["nm", "-D", "--undefined-only", library]).splitlines()
     undefined = {line.split()[-1].split("@")[0] for line in undefined_lines}
     assert not undefined & set(TENSORRT_ENTRY_POINTS)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel_size", [1, 3, 9])
+@pytest.mark.parametrize("kernel_size", [1, 3, 5, 7, 9])
 def test_plugin_serializes_its_fields_and_is_recreated_from_them(plugin_build, kernel_size):
     schema = eca_schema()
     kernel_attr, pad_attr = schema.attributes
     for pad_mode in schema.pad_modes:
         status, info = plugin_info(plugin_build, f"{kernel_attr}={kernel_size}", f"{pad_attr}={pad_mode}")
-        assert status == 0 and info["created"] and info["recreated"], info
+        assert status == 0 and info["created"] and info["recreated"] and info["cloned"], info
         assert info["serialized"] == [{"name": kernel_attr, "type": "int32", "value": [kernel_size]},
                                       {"name": pad_attr, "type": "char", "value": pad_mode}]
         assert info["metadata"] == f"{kernel_attr}={kernel_size},{pad_attr}={pad_mode}"

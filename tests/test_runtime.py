@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import export_onnx, save_onnx
+from eca_deploy.export import export_onnx
 from eca_deploy.models import create_demo_model, get_architecture
+from eca_deploy.onnx_files import save_onnx
 from eca_deploy.passes import count_fused_nodes, fuse_eca
 from eca_deploy.preprocess import Preprocessing, center_crop, normalize, resized_size
 from eca_deploy.runtime import EcaRuntime, decode_topk, load_class_names, softmax
+from eca_deploy.runtime.trt import engine_flavour
 
 INPUT_SHAPE = (3, 64, 64)
 NUM_CLASSES = 10
@@ -44,23 +46,11 @@ def export_demo_64(directory: Path, arch: str = "eca_mobilenet_v2",
 
 
 def build_rtx_engine(onnx_path: Path, engine_path: Path, max_batch: int = 8) -> Path:
-    """A real serialized engine: TensorRT-RTX builds ONNX on the CPU (skips when it cannot)."""
-    trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        pytest.skip(f"TensorRT-RTX cannot parse {onnx_path.name}: {parser.get_error(0).desc()}")
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("input", (1, *INPUT_SHAPE), (4, *INPUT_SHAPE), (max_batch, *INPUT_SHAPE))
-    config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        pytest.skip("TensorRT-RTX could not build an engine here")
-    engine_path.write_bytes(plan)
-    return engine_path
+    """A real serialized engine without plugin layers: TensorRT-RTX builds the ONNX model on the CPU."""
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    from eca_deploy.tensorrt.engine import build_engine
+
+    return build_engine(onnx_path, engine_path, batch=(1, 4, max_batch), backend="tensorrt_rtx", cache_dir=None).path
 
 
 @pytest.fixture(scope="session")
@@ -238,16 +228,23 @@ def test_tensorrt_missing_engine_and_plugin_files(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
-def test_tensorrt_missing_package_is_explained(rtx_engine):
+def test_tensorrt_missing_package_is_explained(rtx_engine, tmp_path):
+    """A TensorRT plan (tag ftrt) needs the tensorrt package; a TensorRT-RTX plan (vtrt) does not."""
+    plan = tmp_path / "model.engine"
+    plan.write_bytes(b"ftrt" + rtx_engine.read_bytes()[4:])
     with pytest.raises(EcaDeployError, match="needs the tensorrt Python package.*pip install tensorrt"):
-        EcaRuntime(rtx_engine)
+        EcaRuntime(plan)
+    assert engine_flavour(rtx_engine) == "tensorrt_rtx"
 
 
-def test_tensorrt_rtx_engine_loads_on_a_gpu_or_explains_why_not(mnv2, rtx_engine):
-    """The real deserialization path (TensorRT-RTX's runtime): runs on a GPU, a clear error without one."""
+@pytest.mark.parametrize("module", ["auto", "tensorrt_rtx"])
+def test_tensorrt_rtx_engine_loads_on_a_gpu_or_explains_why_not(mnv2, rtx_engine, module):
+    """The real deserialization path (TensorRT-RTX's runtime, chosen from the plan's tag by default): runs on
+    a GPU, a clear error without one."""
+    module_name = module
     module, _, _ = mnv2
     try:
-        loaded = EcaRuntime(rtx_engine, tensorrt_module="tensorrt_rtx")
+        loaded = EcaRuntime(rtx_engine, tensorrt_module=module_name)
     except EcaDeployError as error:
         assert "cannot deserialize mnv2.plan" in str(error) or "cuda-python" in str(error)
         return
@@ -265,8 +262,8 @@ def test_tensorrt_refuses_a_library_that_is_not_a_plugin(rtx_engine):
     libm = next((path for path in candidates if path.exists()), None)
     if libm is None:
         pytest.skip("no libm.so.6 to offer as a non-plugin library")
-    with pytest.raises(EcaDeployError, match="TensorRT cannot load plugin library .*libm.so.6: .*getCreators"):
-        EcaRuntime(rtx_engine, tensorrt_module="tensorrt_rtx", plugin_library=libm)
+    with pytest.raises(EcaDeployError, match="libm.so.6 loaded but registered no EcaAttention version 1 creator"):
+        EcaRuntime(rtx_engine, plugin_library=libm)
 
 
 @pytest.mark.gpu
@@ -326,6 +323,57 @@ def test_tensorrt_engine_on_a_gpu(mnv2, tmp_path):
             np.testing.assert_allclose(logits.cpu().numpy(), _reference(module, _batch(3)), atol=1e-3, rtol=1e-3)
         with pytest.raises(EcaDeployError, match="batch of 9 exceeds the maximum 8"):
             loaded.predict(_batch(9))
+
+
+@pytest.mark.gpu
+def test_tensorrt_worker_survives_a_failed_graph_capture_and_close_waits_for_calls(mnv2, tmp_path):
+    """A failure while a CUDA graph is captured leaves the stream usable (the capture is ended); close()
+    waits for calls in flight and synchronizes before freeing."""
+    pytest.importorskip("tensorrt", reason="tensorrt is not installed")
+    pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
+    from eca_deploy.runtime.trt import TensorRTBackend, _Worker
+    from eca_deploy.tensorrt.engine import build_engine
+
+    module, plain, _ = mnv2
+    engine = build_engine(plain, tmp_path / "mnv2.engine", batch=(1, 4, 8), cache_dir=None).path
+    backend = TensorRTBackend(engine, workers=1)
+    (worker,) = backend.workers
+    enqueues = {"count": 0}
+    enqueue = _Worker._enqueue
+
+    def failing_in_capture(self, *args):
+        enqueues["count"] += 1
+        if enqueues["count"] == 2:  # the first call settles allocations, the second one is captured
+            raise EcaDeployError("enqueue failed while capturing")
+        return enqueue(self, *args)
+
+    worker._enqueue = failing_in_capture.__get__(worker)
+    with pytest.raises(EcaDeployError, match="enqueue failed while capturing"):
+        backend.run_profiled(_batch(2), {}, cuda_graph=True)
+    status, capturing = worker.cudart.cudaStreamIsCapturing(worker.stream)
+    assert int(status) == 0 and capturing == worker.cudart.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone
+    np.testing.assert_allclose(backend.run(_batch(2)), _reference(module, _batch(2)), atol=1e-3, rtol=1e-3)
+
+    outcomes: list = []
+
+    def predictions() -> None:
+        for i in range(20):
+            try:
+                outcomes.append((i, backend.run(_batch(8, seed=i))))
+            except EcaDeployError as error:
+                outcomes.append((i, error))
+                return
+
+    thread = threading.Thread(target=predictions)
+    thread.start()
+    backend.close()  # waits for the worker the thread holds, then synchronizes its stream
+    thread.join(timeout=120)
+    assert not backend.workers and outcomes
+    for i, outcome in outcomes[:-1]:  # every call that ran before close() finished with the right logits
+        np.testing.assert_allclose(outcome, _reference(module, _batch(8, seed=i)), atol=1e-3, rtol=1e-3)
+    assert isinstance(outcomes[-1][1], np.ndarray) or "closed" in str(outcomes[-1][1])
+    with pytest.raises(EcaDeployError, match="the TensorRT backend is closed"):
+        backend.run(_batch(1))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import onnx
 import pytest
 import torch
 
+from plugin_build import PLUGIN_LIBRARY, plugin_build
 from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo_64
 
 from eca_deploy.errors import EcaDeployError
@@ -145,12 +146,13 @@ def test_tensorrt_plan_variant(exported, rtx_engine, tmp_path):
 
 
 def test_plugin_library_must_be_loadable_by_triton(exported, rtx_engine, tmp_path):
-    """Triton's TensorRT backend only dlopen()s plugins: libeca_plugin.so alone is refused with the reason."""
+    """Triton's TensorRT backend only dlopen()s plugins: the loadLibrary-style libeca_plugin.so (told by its
+    exported getCreators, whatever its file is called) is refused with the reason."""
     _, fused_path = exported
-    plain = tmp_path / "libeca_plugin.so"
-    plain.write_bytes(b"")  # refused by its name, before anything reads it
-    with pytest.raises(EcaDeployError, match="libeca_plugin_autoreg.so"):
-        write_triton_repository(tmp_path / "repo", fused_path, engine_path=rtx_engine, plugin_library=plain)
+    renamed = tmp_path / "libeca_plugin_autoreg.so"  # a name proves nothing
+    shutil.copyfile(plugin_build() / PLUGIN_LIBRARY, renamed)
+    with pytest.raises(EcaDeployError, match="needs the self-registering libeca_plugin_autoreg.so"):
+        write_triton_repository(tmp_path / "repo", fused_path, engine_path=rtx_engine, plugin_library=renamed)
     assert not (tmp_path / "repo" / "mnv2_tensorrt").exists()
 
 

@@ -2,11 +2,14 @@
 
 Precision comes from the ONNX types (an `eca-export --fp16` model builds a strongly typed FP16
 engine); `--precision-route builder-flag` builds FP16 from the FP32 model with TensorRT 10's FP16
-flag. Fused EcaAttention nodes use libeca_plugin.so when --plugin (or $ECA_PLUGIN_LIBRARY) is
-given, the kernel's PTX baked into the engine with --aot (TensorRT >= 10.7), and otherwise run as
-native layers through the model-local function the fused ONNX carries.
+flag. Fused EcaAttention nodes run on libeca_plugin.so when --plugin (or $ECA_PLUGIN_LIBRARY) is
+given, on the kernel's PTX baked into the engine with --aot (TensorRT >= 10.9), and otherwise as
+native layers through the model-local function the fused ONNX carries. With a plugin, the engine
+has one plugin layer per fused node on every TensorRT from 10.3 (the parser gets the model without
+the fallback function), or the build fails. Works with TensorRT and, without a GPU, TensorRT-RTX.
 Engines are cached by model, TensorRT version, GPU, precision, profile and plugin hash.
-Exit codes: 0 success, 2 bad input or missing TensorRT.
+Exit codes: 0 success, 1 the plugin was asked for and the network did not get one plugin layer per
+fused node, 2 bad input or missing TensorRT.
 
 Examples:
   eca-deploy build exported/eca_mobilenet_v2.eca.onnx --plugin build/libeca_plugin.so
@@ -22,8 +25,9 @@ from pathlib import Path
 
 from eca_deploy._io import write_text_atomic
 from eca_deploy.cli.args import add_engine_profile_args
-from eca_deploy.engine import BACKENDS, DEFAULT_CACHE_DIR, PRECISION_ROUTES, build_engine
 from eca_deploy.progress import Progress
+from eca_deploy.tensorrt.backend import FLAVOURS
+from eca_deploy.tensorrt.engine import DEFAULT_CACHE_DIR, PRECISION_ROUTES, build_engine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "the runtime must allow engine host code)")
     group.add_argument("--aot", action="store_true",
                        help="use the Quickly Deployable Plugin with the kernel's PTX in the engine (TensorRT >= 10.7)")
-    group.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+    group.add_argument("--backend", choices=("auto", *FLAVOURS), default="auto",
                        help="TensorRT flavour (default: tensorrt if installed, else tensorrt_rtx)")
     group.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                        help=f"engine and timing cache (default: {DEFAULT_CACHE_DIR})")
     group.add_argument("--no-cache", action="store_true", help="always build; no engine or timing cache")
     parser.add_argument("--report", type=Path, help="JSON report (default: <engine>.json beside it)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print TensorRT's verbose log, with the plugin's answers to the builder (formats, "
+                             "profile, workspace)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
                               batch=(args.min_batch, args.opt_batch, args.max_batch), plugin_library=args.plugin,
                               embed_plugin=args.embed_plugin, aot=args.aot, precision_route=args.precision_route,
                               backend=args.backend, cache_dir=None if args.no_cache else args.cache_dir,
-                              progress=progress)
+                              progress=progress, verbose=args.verbose)
     report = args.report or output.with_name(output.name + ".json")
     write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
     print(f"Wrote {output} ({result.size_bytes / 1e6:.1f} MB, {result.backend} {result.backend_version}, "
-          f"{result.precision}, plugin: {result.plugin['mode']}, {result.num_plugin_layers} plugin layers, "
+          f"{result.precision}, plugin: {result.plugin.mode}, {result.num_plugin_layers} plugin layers, "
           f"cache {'hit' if result.cache['hit'] else 'miss'}) and {report}")
     return 0

@@ -24,9 +24,11 @@ from eca_deploy._io import staged_outputs
 from eca_deploy.checkpoints import load_model
 from eca_deploy.cli.args import add_engine_profile_args, add_model_args, add_output_args
 from eca_deploy.errors import EcaDeployError, ParityError
-from eca_deploy.export import DEFAULT_OPSET, EXPORTERS, check_onnx, export_onnx, save_onnx
+from eca_deploy.export import DEFAULT_OPSET, EXPORTERS, export_onnx
+from eca_deploy.onnx_files import save_checked
 from eca_deploy.parity import check_onnx_parity
 from eca_deploy.passes import fuse_eca
+from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
 from eca_deploy.progress import Progress
 
 REPORT_SCHEMA_VERSION = 1
@@ -48,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fusion = parser.add_argument_group("ECA fusion")
     fusion.add_argument("--no-fuse", action="store_true", help="skip the ECA fusion pass (no model.eca.onnx)")
     fusion.add_argument("--expect", type=int, metavar="N", help="fail unless exactly N ECA blocks are fused")
+    fusion.add_argument("--plugin-only", action="store_true",
+                        help="also write <stem>.eca.plugin.onnx without the fallback function, for trtexec, "
+                             "DeepStream and C++ on TensorRT 10.3-10.6 (JetPack 6), which would otherwise inline it")
     parity = parser.add_argument_group("parity")
     parity.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs (default: 0)")
     engine = parser.add_argument_group("engine")
@@ -103,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
             with progress.step("Fusing ECA blocks"):
                 fused_model, fusion = fuse_eca(onnx.load(str(exported.path)))
                 fused_path = staging / f"{tag}.eca.onnx"
-                save_onnx(fused_model, fused_path, args.external_data)
-                check_onnx(fused_path)
+                save_checked(fused_model, fused_path, args.external_data)
+                if args.plugin_only:
+                    save_checked(without_fallback_function(fused_model), plugin_only_path(fused_path),
+                                 args.external_data)
             progress.info(fusion.summary_table())
             report["fusion"] = fusion.to_dict()
             onnx_files.append(fused_path)
@@ -119,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
         report["parity"] = [parity.to_dict() for parity in parities]
 
         if args.engine:
-            from eca_deploy.engine import build_engine  # TensorRT is optional: import only when asked
+            from eca_deploy.tensorrt.engine import (
+                build_engine,  # TensorRT is optional: import only when asked
+            )
 
             with progress.step("Building TensorRT engine"):
                 engine = build_engine(onnx_files[-1], staging / f"{tag}.engine", precision=precision,

@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 outputs differ, 2 bad input or --expect mismatch.
 Examples:
   eca-fuse model.onnx                      # writes model.eca.onnx and model.eca.fusion.json
   eca-fuse model.onnx -o fused.onnx --expect 16
+  eca-fuse model.onnx --plugin-only        # also model.eca.plugin.onnx, for trtexec on TensorRT 10.3-10.6
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import onnx
 
 from eca_deploy._io import staged_outputs, write_text_atomic
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import check_onnx, save_onnx
+from eca_deploy.onnx_files import load_onnx, save_checked
 from eca_deploy.parity import check_onnx_equivalence
-from eca_deploy.passes import fuse_eca, load_onnx
+from eca_deploy.passes import fuse_eca
+from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
 from eca_deploy.progress import Progress
 
 FP32_ATOL = 1e-5
@@ -37,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, help="JSON report (default: <output stem>.fusion.json beside the output)")
     parser.add_argument("--expect", type=int, metavar="N", help="fail unless exactly N ECA blocks are fused")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime equivalence check")
+    parser.add_argument("--plugin-only", action="store_true",
+                        help="also write <output stem>.plugin.onnx: the fused model without the fallback function, "
+                             "for trtexec, DeepStream and C++ on TensorRT 10.3-10.6 (JetPack 6), whose parser "
+                             "inlines the function instead of using the plugin; it runs only where the plugin is "
+                             "loaded (not on ONNX Runtime)")
     parser.add_argument("--external-data", action="store_true", help="store weights in <output>.data")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary table")
 
@@ -62,13 +69,17 @@ def run(args: argparse.Namespace) -> int:
 
     with staged_outputs(output.parent) as staging:
         staged = staging / output.name
-        save_onnx(fused, staged, args.external_data)
-        check_onnx(staged)
+        save_checked(fused, staged, args.external_data)
         result = report.to_dict()
+        written = [output]
+        if args.plugin_only:
+            save_checked(without_fallback_function(fused), plugin_only_path(staged), args.external_data)
+            result["plugin_only"] = plugin_only_path(output).name
+            written.append(plugin_only_path(output))
         if not args.no_verify:
             with progress.step("Checking the fused model against the original on ONNX Runtime CPU"):
                 atol = FP16_ATOL if _has_fp16_weights(model) else FP32_ATOL
                 result["max_abs_difference"] = check_onnx_equivalence(args.model, staged, atol=atol)
     write_text_atomic(report_path, json.dumps(result, indent=2) + "\n")
-    print(f"Wrote {output} and {report_path}")
+    print(f"Wrote {', '.join(map(str, written))} and {report_path}")
     return 0

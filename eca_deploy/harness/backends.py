@@ -191,7 +191,7 @@ class OnnxRuntimeBackend:
     def __init__(self, path: str | Path, *, provider: str = "CPUExecutionProvider",
                  plugin_library: str | Path | None = None, threads: int | None = None,
                  max_batch: int | None = None) -> None:
-        from eca_deploy.engine import onnx_precision, load_graph
+        from eca_deploy.onnx_files import load_graph, onnx_precision
         from eca_deploy.runtime.onnxrt import OnnxRuntimeBackend as Session
 
         self.onnx_path = Path(path)

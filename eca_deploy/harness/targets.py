@@ -16,13 +16,14 @@ from pathlib import Path
 import onnx
 from torch import nn
 
-from eca_deploy.engine import resolve_plugin_library
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import export_onnx, save_onnx
+from eca_deploy.export import export_onnx
 from eca_deploy.harness.backends import (CUDA_GRAPH_BACKENDS, PLUGIN_BACKENDS, Backend, available_backends, create_backend,
                                          parse_backend_spec)
+from eca_deploy.onnx_files import save_onnx
 from eca_deploy.passes import fuse_eca
 from eca_deploy.progress import Progress
+from eca_deploy.tensorrt.plugin_library import resolve_plugin_library
 
 
 @dataclass
@@ -64,7 +65,7 @@ def plan_backends(specs: Sequence[str], *, module: nn.Module, work_dir: Path, in
     if available["trt"] is not None:
         plan.skipped["trt"] = available["trt"]
         return plan
-    from eca_deploy.engine import build_engine
+    from eca_deploy.tensorrt.engine import build_engine
 
     engines = [("native", plain, None)]
     if plan.plugin_library is not None:

@@ -6,11 +6,10 @@ it to libeca_plugin.so; without the plugin, TensorRT and ONNX Runtime run the mo
 carried in the same file) and reports near-misses with their reason.
 """
 
-from eca_deploy.passes.eca_fusion import fuse_eca, load_onnx
+from eca_deploy.passes.eca_fusion import fuse_eca
 from eca_deploy.passes.fused_node import count_fused_nodes, is_fused_eca_node, make_eca_function
 from eca_deploy.passes.report import FusedBlock, FusionReport, NearMiss
 
 __all__ = [
-    "FusedBlock", "FusionReport", "NearMiss", "count_fused_nodes", "fuse_eca", "is_fused_eca_node", "load_onnx",
-    "make_eca_function",
+    "FusedBlock", "FusionReport", "NearMiss", "count_fused_nodes", "fuse_eca", "is_fused_eca_node", "make_eca_function",
 ]

@@ -8,40 +8,25 @@ of the model whose big initializers are typed graph inputs, which keeps the pass
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from google.protobuf.message import DecodeError
 from onnx import helper
 
 from eca_deploy.errors import EcaDeployError, first_line
-from eca_deploy.passes.fused_node import default_opset, make_eca_function, make_eca_node
+from eca_deploy.passes.fused_node import (
+    default_opset,
+    is_fallback_function,
+    make_eca_function,
+    make_eca_node,
+)
 from eca_deploy.passes.matcher import EcaMatch, TensorType, find_eca_blocks, label
 from eca_deploy.passes.report import FusedBlock, FusionReport
 from eca_deploy.schema import eca_schema
 
 SKELETON_MAX_ELEMENTS = 4096  # initializers up to this size keep their values in the skeleton
 FUNCTIONS_MIN_IR_VERSION = 8  # model-local functions need IR version 8
-
-
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load and check an ONNX model (external data too); bad files raise EcaDeployError."""
-    path = Path(path)
-    if not path.is_file():
-        raise EcaDeployError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
-    try:
-        model = onnx.load(str(path))
-    except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as error:
-        raise EcaDeployError(f"{path} is not a readable ONNX model: {first_line(error)}") from error
-    if not model.graph.node and not model.graph.output:
-        raise EcaDeployError(f"{path} is not an ONNX model (it holds no graph)")
-    try:
-        onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, ValueError) as error:
-        raise EcaDeployError(f"{path} is not a valid ONNX model: {first_line(error)}") from error
-    return model
 
 
 def fuse_eca(model: onnx.ModelProto, *, verify: bool = True) -> tuple[onnx.ModelProto, FusionReport]:
@@ -114,8 +99,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, opset: int) -> onnx.Mode
         declared = getattr(model.graph, values)
         del declared[:]
         declared.extend(getattr(original.graph, values))
-    schema = eca_schema()
-    kept = [f for f in model.functions if (f.domain, f.name) != (schema.domain, schema.name)]
+    kept = [f for f in model.functions if not is_fallback_function(f)]
     del model.functions[:]
     model.functions.extend([*kept, make_eca_function(opset)])
     model.ir_version = max(original.ir_version, FUNCTIONS_MIN_IR_VERSION)

@@ -9,6 +9,8 @@ and TensorRT without the plugin inlines it into native layers.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -98,6 +100,43 @@ def is_fused_eca_node(node: onnx.NodeProto | gs.Node) -> bool:
     schema = eca_schema()
     op = node.op if isinstance(node, gs.Node) else node.op_type
     return op == schema.name and node.domain == schema.domain
+
+
+def is_fallback_function(function: onnx.FunctionProto) -> bool:
+    """Whether ``function`` is the EcaAttention fallback function (:func:`make_eca_function`)."""
+    schema = eca_schema()
+    return (function.domain, function.name) == (schema.domain, schema.name)
+
+
+def without_fallback_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a fused model without the EcaAttention function: its nodes then resolve only to the
+    plugin. TensorRT's parser before 10.7 inlines a node's model-local function even when the plugin
+    is registered, so this is the file that makes TensorRT 10.3-10.6 (JetPack 6) use the plugin."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.functions[:]
+    copy.functions.extend(function for function in model.functions if not is_fallback_function(function))
+    return copy
+
+
+def plugin_only_path(fused_path: Path) -> Path:
+    """Where the plugin-only copy of the fused model ``fused_path`` goes: ``model.eca.onnx`` ->
+    ``model.eca.plugin.onnx``."""
+    return fused_path.with_name(f"{fused_path.name.removesuffix('.onnx')}.plugin.onnx")
+
+
+def without_plugin_lookup(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a fused model whose EcaAttention nodes carry no ``plugin_namespace``/``plugin_version``:
+    TensorRT's parser (10.7 and later) then inlines their fallback function even in a process where the
+    plugin is registered, so an engine meant to run without the plugin library really does."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if is_fused_eca_node(node):
+            kept = [a for a in node.attribute if a.name not in (PLUGIN_NAMESPACE_ATTR, PLUGIN_VERSION_ATTR)]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    return copy
 
 
 def count_fused_nodes(model: onnx.ModelProto) -> int:

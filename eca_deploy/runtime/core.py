@@ -57,14 +57,15 @@ class EcaRuntime:
             ONNX Runtime: unbounded by default).
         check_finite: reject batches holding NaN or Inf.
         allow_engine_host_code: load version-compatible engines that embed their plugin (trusted plans only).
-        tensorrt_module: ``tensorrt`` or ``tensorrt_rtx`` (for TensorRT-RTX engines).
+        tensorrt_module: ``auto`` (from the plan's tag: TensorRT-RTX plans run on ``tensorrt_rtx``), ``tensorrt``
+            or ``tensorrt_rtx``.
         intra_op_threads: ONNX Runtime threads per call (default: ONNX Runtime's choice).
     """
 
     def __init__(self, model: str | Path, *, backend: str = "auto", providers: str | Sequence | None = None,
                  plugin_library: str | Path | None = None, workers: int | None = None,
                  max_batch: int | None = None, check_finite: bool = True, allow_engine_host_code: bool = False,
-                 tensorrt_module: str = "tensorrt", intra_op_threads: int | None = None) -> None:
+                 tensorrt_module: str = "auto", intra_op_threads: int | None = None) -> None:
         self.path = Path(model)
         self.check_finite = check_finite
         kind = backend_for(self.path, backend)

@@ -20,14 +20,13 @@ CUDA calls go through cuda-python (``pip install cuda-python``), as in TensorRT'
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import ctypes
+import functools
 import importlib
 import math
-import os
 import queue
-import sys
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,12 @@ import numpy as np
 
 from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.runtime.spec import InputSpec, is_torch_tensor
-
-PLUGIN_ENV = "ECA_PLUGIN_LIBRARY"
-_LOGGERS: dict[str, Any] = {}
-_LOGGERS_LOCK = threading.Lock()
+from eca_deploy.tensorrt.backend import tensorrt_logger
+from eca_deploy.tensorrt.plugin_library import (
+    PLUGIN_ENV,
+    load_plugin_library,
+    resolve_plugin_library,
+)
 
 
 def import_tensorrt(module: str = "tensorrt"):
@@ -52,16 +53,22 @@ def import_tensorrt(module: str = "tensorrt"):
             f"python3-libnvinfer); ONNX models run without it on ONNX Runtime") from error
 
 
-def check_engine_header(path: Path) -> None:
-    """Refuse files that are not serialized TensorRT plans before any TensorRT call.
+PLAN_TAGS = {b"ftrt": "tensorrt", b"vtrt": "tensorrt_rtx"}  # first four bytes of a plan -> its runtime
 
-    Plans open with a four-byte tag ending in ``trt``: ``ftrt`` (TensorRT), ``vtrt`` (TensorRT-RTX).
+
+def engine_flavour(path: Path) -> str:
+    """The TensorRT package that runs the plan ``path`` (``tensorrt`` or ``tensorrt_rtx``), read from its
+    four-byte tag before any TensorRT call; files that are not plans are refused here.
+
+    TensorRT plans open with ``ftrt``, TensorRT-RTX plans with ``vtrt`` (seen with tensorrt-rtx 1.7);
+    other tags ending in ``trt`` are left to TensorRT.
     """
     with path.open("rb") as file:
         head = file.read(4)
     if len(head) < 4 or head[1:] != b"trt":
         raise EcaDeployError(f"{path.name} is not a serialized TensorRT engine (it starts with {head!r}, plans "
                              f"start with b'ftrt'); build one with eca-deploy build MODEL.onnx")
+    return PLAN_TAGS.get(head, "tensorrt")
 
 
 def import_cudart():
@@ -75,77 +82,6 @@ def import_cudart():
             raise EcaDeployError("the TensorRT runtime needs cuda-python for streams and buffers: "
                                  "pip install cuda-python") from error
     return cudart
-
-
-class _CapturingLogger:
-    """Factory for one TensorRT logger per module: warnings to stderr, errors kept for our messages."""
-
-    @staticmethod
-    def get(trt) -> Any:
-        with _LOGGERS_LOCK:
-            if trt.__name__ not in _LOGGERS:
-                _LOGGERS[trt.__name__] = _make_logger(trt)
-            return _LOGGERS[trt.__name__]
-
-
-def _make_logger(trt):
-    class Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: collections.deque[str] = collections.deque(maxlen=16)
-            self.count = 0
-            self._lock = threading.Lock()
-
-        def log(self, severity, msg) -> None:
-            level = int(severity)  # 0 internal error, 1 error, 2 warning, 3 info, 4 verbose
-            if level <= 1:
-                with self._lock:
-                    self.errors.append(msg)
-                    self.count += 1
-            if level <= 2:
-                print(f"[TensorRT] {msg}", file=sys.stderr, flush=True)
-
-        def mark(self) -> int:
-            return self.count
-
-        def errors_since(self, mark: int) -> list[str]:
-            with self._lock:
-                new = self.count - mark
-                return list(self.errors)[-new:] if new > 0 else []
-
-    return Logger()
-
-
-def _reason(logger, mark: int) -> str:
-    errors = logger.errors_since(mark)
-    return f": {errors[0]}" if errors else " (see TensorRT's log above)"
-
-
-def resolve_plugin_library(plugin_library: str | Path | None) -> Path | None:
-    """The plugin library to load: the argument, else ``$ECA_PLUGIN_LIBRARY``, else none."""
-    value = plugin_library if plugin_library is not None else os.environ.get(PLUGIN_ENV) or None
-    if value is None:
-        return None
-    path = Path(value)
-    if not path.is_file():
-        source = "" if plugin_library is not None else f" (from ${PLUGIN_ENV})"
-        raise EcaDeployError(f"plugin library {path}{source} does not exist; build it with "
-                             f"`cmake -S plugins/eca -B build/eca && cmake --build build/eca`")
-    return path
-
-
-def load_plugin_library(trt, runtime, path: Path, logger) -> Any:
-    """Load our plugin into ``runtime``'s registry; returns the handle (keep it alive)."""
-    if "autoreg" in path.name:  # registers its creator with TensorRT's global registry when loaded
-        try:
-            return ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-        except OSError as error:
-            raise EcaDeployError(f"cannot load plugin library {path}: {first_line(error)}") from error
-    mark = logger.mark()
-    handle = runtime.get_plugin_registry().load_library(str(path))
-    if handle is None:
-        raise EcaDeployError(f"TensorRT cannot load plugin library {path}{_reason(logger, mark)}")
-    return handle
 
 
 def _check(result) -> Any:
@@ -201,11 +137,11 @@ class _Worker:
         spec, context, logger = self.spec, self.context, self.backend.logger
         mark = logger.mark()
         if not context.set_input_shape(spec.input_name, (count, *spec.sample_shape)):
-            raise EcaDeployError(f"TensorRT rejected input shape {(count, *spec.sample_shape)}{_reason(logger, mark)}")
+            raise EcaDeployError(f"TensorRT rejected input shape {(count, *spec.sample_shape)}{logger.reason(mark)}")
         context.set_tensor_address(spec.input_name, input_address)
         context.set_tensor_address(spec.output_name, output_address)
         if not context.execute_async_v3(self.stream_handle):
-            raise EcaDeployError(f"TensorRT execution failed{_reason(logger, mark)}")
+            raise EcaDeployError(f"TensorRT execution failed{logger.reason(mark)}")
 
     def run_numpy(self, batch: np.ndarray, stage_seconds: dict | None = None, cuda_graph: bool = False) -> np.ndarray:
         """Stage ``batch`` through pinned memory, run, copy back. With ``stage_seconds``, CUDA events time
@@ -248,12 +184,29 @@ class _Worker:
             cudart = self.cudart
             self._enqueue(count, self.device_input, self.device_output)  # settles shape-dependent allocations
             _check(cudart.cudaStreamSynchronize(self.stream))
-            _check(cudart.cudaStreamBeginCapture(self.stream,
-                                                 cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-            self._enqueue(count, self.device_input, self.device_output)
-            graph = _check(cudart.cudaStreamEndCapture(self.stream))
-            graphs[count] = (graph, _check(cudart.cudaGraphInstantiate(graph, 0)))
+            graph = self._capture(count)
+            try:
+                graphs[count] = (graph, _check(cudart.cudaGraphInstantiate(graph, 0)))
+            except BaseException:
+                cudart.cudaGraphDestroy(graph)
+                raise
         return graphs[count][1]
+
+    def _capture(self, count: int):
+        """One engine launch at batch ``count`` captured into a CUDA graph. The capture is ended in any case
+        (as trtexec does), so a failing enqueue cannot leave the stream in capture mode for the next caller."""
+        cudart = self.cudart
+        _check(cudart.cudaStreamBeginCapture(self.stream,
+                                             cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+        captured = False
+        try:
+            self._enqueue(count, self.device_input, self.device_output)
+            captured = True
+        finally:
+            status, graph = cudart.cudaStreamEndCapture(self.stream)
+            if not captured and graph:
+                cudart.cudaGraphDestroy(graph)
+        return _check((status, graph))
 
     def run_torch_cuda(self, batch):
         import torch
@@ -273,7 +226,10 @@ class _Worker:
         return logits
 
     def close(self) -> None:
+        """Wait for the stream's work, then free graphs, events, buffers, the context and the stream."""
         cudart = self.cudart
+        if getattr(self, "stream", None) is not None:
+            cudart.cudaStreamSynchronize(self.stream)
         for graph, graph_exec in self.graphs.values():
             cudart.cudaGraphExecDestroy(graph_exec)
             cudart.cudaGraphDestroy(graph)
@@ -298,25 +254,27 @@ class TensorRTBackend:
 
     def __init__(self, path: str | Path, *, plugin_library: str | Path | None = None, workers: int | None = None,
                  max_batch: int | None = None, allow_engine_host_code: bool = False,
-                 tensorrt_module: str = "tensorrt") -> None:
+                 tensorrt_module: str = "auto") -> None:
         path = Path(path)
         if not path.is_file():
             raise EcaDeployError(f"TensorRT engine {path} does not exist")
         plugin = resolve_plugin_library(plugin_library)
         if workers is not None and workers < 1:
             raise EcaDeployError(f"workers must be at least 1, got {workers}")
-        check_engine_header(path)
-        trt = import_tensorrt(tensorrt_module)
+        flavour = engine_flavour(path)
+        trt = import_tensorrt(flavour if tensorrt_module == "auto" else tensorrt_module)
         self.trt, self.path, self.workers = trt, path, []
-        self.logger = _CapturingLogger.get(trt)
+        self.logger = tensorrt_logger(trt)
         self.runtime = trt.Runtime(self.logger)
-        self.plugin_handle = load_plugin_library(trt, self.runtime, plugin, self.logger) if plugin else None
+        self.plugin_handle = (load_plugin_library(trt, self.runtime.get_plugin_registry(), plugin,
+                                                  reason=functools.partial(self.logger.reason, self.logger.mark()))
+                              if plugin else None)
         if allow_engine_host_code:  # version-compatible plans run their embedded lean runtime and plugins
             self.runtime.engine_host_code_allowed = True
         mark = self.logger.mark()
         self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            reason = _reason(self.logger, mark)
+            reason = self.logger.reason(mark)
             hint = ""
             if "plugin" in reason.lower() and not plugin:
                 hint = (f"; an engine with EcaAttention plugin layers needs plugin_library= (or ${PLUGIN_ENV}) "
@@ -363,10 +321,20 @@ class TensorRTBackend:
                          min_batch=min_batch, max_batch=max_batch or profile_max)
         return spec, np.dtype(trt.nptype(engine.get_tensor_dtype(out))), profile_max
 
-    def run(self, batch: Any) -> Any:
-        """Logits for a validated batch: NumPy in, NumPy out; torch CUDA in, torch CUDA out (no copies)."""
+    @contextlib.contextmanager
+    def _worker(self) -> Iterator[_Worker]:
+        """Borrow a free worker for one call (waiting for one if all are busy)."""
+        if not self.workers:
+            raise EcaDeployError(f"{self.path.name}: the TensorRT backend is closed")
         worker = self._pool.get()
         try:
+            yield worker
+        finally:
+            self._pool.put(worker)
+
+    def run(self, batch: Any) -> Any:
+        """Logits for a validated batch: NumPy in, NumPy out; torch CUDA in, torch CUDA out (no copies)."""
+        with self._worker() as worker:
             if is_torch_tensor(batch):
                 if batch.is_cuda:
                     return worker.run_torch_cuda(batch)
@@ -374,21 +342,17 @@ class TensorRTBackend:
 
                 return torch.from_numpy(worker.run_numpy(np.ascontiguousarray(batch.numpy())))
             return worker.run_numpy(batch)
-        finally:
-            self._pool.put(worker)
 
     def run_profiled(self, batch: np.ndarray, stage_seconds: dict, cuda_graph: bool = False) -> np.ndarray:
         """``run`` for a validated NumPy batch, filling ``stage_seconds`` from CUDA events (benchmarks)."""
-        worker = self._pool.get()
-        try:
+        with self._worker() as worker:
             return worker.run_numpy(batch, stage_seconds, cuda_graph=cuda_graph)
-        finally:
-            self._pool.put(worker)
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        self.workers = []
+        """Free every worker once calls in flight on other threads have returned it to the pool."""
+        workers, self.workers = self.workers, []
+        for _ in workers:
+            self._pool.get().close()
         self.engine = None
         self.runtime = None
 

@@ -3,15 +3,19 @@
  */
 #include "ecaPlugin.h"
 #include "ecaPluginSchema.h"
+#include "ecaTensorRTNames.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
 #include <optional>
 #include <sstream>
+
+#include <strings.h>
 
 namespace eca
 {
@@ -28,6 +32,7 @@ using nvinfer1::PluginFieldType;
 using nvinfer1::TensorFormat;
 
 constexpr int32_t kSUCCESS{0};
+constexpr char const* kLOG_LEVEL_ENV{"ECA_PLUGIN_LOG"};
 constexpr int32_t kFAILURE{-1};
 
 //! Rank of x and y (N, C, H, W) and of weight (1, 1, kernel_size).
@@ -36,20 +41,23 @@ constexpr int32_t kWEIGHT_RANK{3};
 
 std::atomic<nvinfer1::ILoggerFinder*> gLoggerFinder{nullptr};
 
-char const* severityName(ILogger::Severity severity) noexcept
+//! Most verbose severity written to stderr when TensorRT gives the plugin no logger (TensorRT-RTX's finder
+//! returns none): $ECA_PLUGIN_LOG = error, warning (default), info or verbose.
+ILogger::Severity stderrThreshold() noexcept
 {
-    switch (severity)
+    char const* const level = std::getenv(kLOG_LEVEL_ENV);
+    for (auto severity : {ILogger::Severity::kERROR, ILogger::Severity::kWARNING, ILogger::Severity::kINFO,
+             ILogger::Severity::kVERBOSE})
     {
-    case ILogger::Severity::kINTERNAL_ERROR: return "INTERNAL_ERROR";
-    case ILogger::Severity::kERROR: return "ERROR";
-    case ILogger::Severity::kWARNING: return "WARNING";
-    case ILogger::Severity::kINFO: return "INFO";
-    case ILogger::Severity::kVERBOSE: return "VERBOSE";
+        if (level != nullptr && strcasecmp(level, names::severityName(severity).c_str()) == 0)
+        {
+            return severity;
+        }
     }
-    return "UNKNOWN";
+    return ILogger::Severity::kWARNING;
 }
 
-//! Log "EcaAttention: <parts...>" through TensorRT's logger (stderr for errors and warnings when there is none).
+//! Log "EcaAttention: <parts...>" through TensorRT's logger, or to stderr up to stderrThreshold() when there is none.
 template <typename... Parts>
 void logMessage(ILogger::Severity severity, Parts const&... parts) noexcept
 {
@@ -64,9 +72,9 @@ void logMessage(ILogger::Severity severity, Parts const&... parts) noexcept
         {
             logger->log(severity, message.str().c_str());
         }
-        else if (severity <= ILogger::Severity::kWARNING)
+        else if (severity <= stderrThreshold())
         {
-            std::fprintf(stderr, "[%s] %s\n", severityName(severity), message.str().c_str());
+            std::fprintf(stderr, "[%s] %s\n", names::severityName(severity).c_str(), message.str().c_str());
         }
     }
     catch (std::exception const&)
@@ -79,6 +87,13 @@ template <typename... Parts>
 void logError(Parts const&... parts) noexcept
 {
     logMessage(ILogger::Severity::kERROR, parts...);
+}
+
+//! A VERBOSE trace of the answers the plugin gives TensorRT's builder (seen with a verbose TensorRT logger).
+template <typename... Parts>
+void logVerbose(Parts const&... parts) noexcept
+{
+    logMessage(ILogger::Severity::kVERBOSE, parts...);
 }
 
 //! One (TensorRT type, TensorRT format) pair the plugin accepts for x and y, and what it means to the kernel.
@@ -212,8 +227,8 @@ bool toEcaParams(Dims const& dims, DataType type, TensorFormat format, int32_t k
     SupportedFormat const* const supported = findFormat(type, format);
     if (supported == nullptr)
     {
-        logError("unsupported type/format of input '", schema::kINPUT_NAMES[schema::kINPUT_X], "' (DataType ",
-            static_cast<int32_t>(type), ", TensorFormat ", static_cast<int32_t>(format), ")");
+        logError("unsupported type/format of input '", schema::kINPUT_NAMES[schema::kINPUT_X], "': ",
+            names::typeFormatName(type, format));
         return false;
     }
     if (dims.nbDims != kX_RANK)
@@ -345,8 +360,8 @@ int32_t EcaPlugin::getOutputDataTypes(
     DataType const type = inputTypes[schema::kINPUT_X];
     if (!isSupportedType(type))
     {
-        logError("input '", schema::kINPUT_NAMES[schema::kINPUT_X], "' must be FP32, FP16 or BF16 (DataType ",
-            static_cast<int32_t>(type), " given)");
+        logError("input '", schema::kINPUT_NAMES[schema::kINPUT_X], "' must be FP32, FP16 or BF16, got ",
+            names::dataTypeName(type));
         return kFAILURE;
     }
     outputTypes[schema::kOUTPUT_Y] = type;
@@ -395,7 +410,10 @@ bool EcaPlugin::supportsFormatCombination(
     nvinfer1::PluginTensorDesc const& x = inOut[schema::kINPUT_X].desc;
     if (pos == schema::kINPUT_X)
     {
-        return desc.dims.nbDims == kX_RANK && findFormat(desc.type, desc.format) != nullptr;
+        bool const supported = desc.dims.nbDims == kX_RANK && findFormat(desc.type, desc.format) != nullptr;
+        logVerbose("supportsFormatCombination: input '", schema::kINPUT_NAMES[schema::kINPUT_X], "' ",
+            names::typeFormatName(desc.type, desc.format), supported ? " accepted" : " refused");
+        return supported;
     }
     if (pos == schema::kINPUT_WEIGHT)
     {
@@ -411,6 +429,10 @@ int32_t EcaPlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, 
     {
         return kFAILURE;
     }
+    nvinfer1::DynamicPluginTensorDesc const& x = in[schema::kINPUT_X];
+    logVerbose("configurePlugin: input '", schema::kINPUT_NAMES[schema::kINPUT_X], "' ",
+        names::typeFormatName(x.desc.type, x.desc.format), " min ", DimsText{x.min}, " max ", DimsText{x.max},
+        ", output ", names::typeFormatName(out[schema::kOUTPUT_Y].desc.type, out[schema::kOUTPUT_Y].desc.format));
     return checkWeightDims(in[schema::kINPUT_WEIGHT].desc.dims, mKernelSize) ? kSUCCESS : kFAILURE;
 }
 
@@ -428,7 +450,10 @@ size_t EcaPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inpu
     {
         return 0;
     }
-    return ecaWorkspaceSize(params);
+    size_t const bytes = ecaWorkspaceSize(params);
+    logVerbose("getWorkspaceSize: ", bytes, " bytes for input '", schema::kINPUT_NAMES[schema::kINPUT_X], "' max ",
+        DimsText{x.max});
+    return bytes;
 }
 
 char const* EcaPlugin::getTimingCacheID() noexcept
@@ -474,7 +499,7 @@ int32_t EcaPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1
     {
         logError("input '", schema::kINPUT_NAMES[schema::kINPUT_WEIGHT], "' must hold ", schema::kFIELD_KERNEL_SIZE,
             " = ", mKernelSize, " values of the type of '", schema::kINPUT_NAMES[schema::kINPUT_X], "', got ",
-            volume(weight.dims), " of DataType ", static_cast<int32_t>(weight.type));
+            volume(weight.dims), " of ", names::dataTypeName(weight.type));
         return kFAILURE;
     }
     if (volume(x.dims) == 0)

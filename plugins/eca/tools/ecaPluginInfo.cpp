@@ -8,8 +8,8 @@
  *
  *   ecaPluginInfo LIBRARY FIELD=VALUE...
  *       Also creates a plugin with the library's only V3 creator from these fields (build phase), then
- *       re-creates it from the fields it serializes (runtime phase), and adds
- *       {"created", "serialized": [{"name", "type", "value"}], "recreated", "metadata",
+ *       re-creates it from the fields it serializes (runtime phase) and clones it, and adds
+ *       {"created", "serialized": [{"name", "type", "value"}], "recreated", "cloned", "metadata",
  *        "formats": [{"x": "kHALF/kHWC8", "weight": ["kHALF/kLINEAR"], "y": ["kHALF/kHWC8"]}, ...],
  *        "log": [{"severity", "message"}]}.
  *       VALUE is a string for kCHAR fields and comma-separated numbers for numeric ones.
@@ -17,6 +17,7 @@
  * Exit status: 0 success, 1 the plugin could not be created or re-created, 2 bad usage or library.
  */
 #include "../ecaPluginSchema.h"
+#include "../ecaTensorRTNames.h"
 
 #include <NvInferRuntime.h>
 
@@ -103,66 +104,21 @@ std::string fieldTypeName(PluginFieldType type)
     }
 }
 
-std::string dataTypeName(DataType type)
-{
-    switch (type)
-    {
-    case DataType::kFLOAT: return "kFLOAT";
-    case DataType::kHALF: return "kHALF";
-    case DataType::kINT8: return "kINT8";
-    case DataType::kINT32: return "kINT32";
-    case DataType::kBOOL: return "kBOOL";
-    case DataType::kUINT8: return "kUINT8";
-    case DataType::kFP8: return "kFP8";
-    case DataType::kBF16: return "kBF16";
-    case DataType::kINT64: return "kINT64";
-    default: return "DataType(" + std::to_string(static_cast<int32_t>(type)) + ")";
-    }
-}
-
-std::string formatName(TensorFormat format)
-{
-    switch (format)
-    {
-    case TensorFormat::kLINEAR: return "kLINEAR";
-    case TensorFormat::kCHW2: return "kCHW2";
-    case TensorFormat::kHWC8: return "kHWC8";
-    case TensorFormat::kCHW4: return "kCHW4";
-    case TensorFormat::kCHW16: return "kCHW16";
-    case TensorFormat::kCHW32: return "kCHW32";
-    case TensorFormat::kDHWC8: return "kDHWC8";
-    case TensorFormat::kCDHW32: return "kCDHW32";
-    case TensorFormat::kHWC: return "kHWC";
-    case TensorFormat::kDLA_LINEAR: return "kDLA_LINEAR";
-    case TensorFormat::kDLA_HWC4: return "kDLA_HWC4";
-    case TensorFormat::kHWC16: return "kHWC16";
-    case TensorFormat::kDHWC: return "kDHWC";
-    default: return "TensorFormat(" + std::to_string(static_cast<int32_t>(format)) + ")";
-    }
-}
-
-std::string severityName(nvinfer1::ILogger::Severity severity)
-{
-    switch (severity)
-    {
-    case nvinfer1::ILogger::Severity::kINTERNAL_ERROR: return "INTERNAL_ERROR";
-    case nvinfer1::ILogger::Severity::kERROR: return "ERROR";
-    case nvinfer1::ILogger::Severity::kWARNING: return "WARNING";
-    case nvinfer1::ILogger::Severity::kINFO: return "INFO";
-    case nvinfer1::ILogger::Severity::kVERBOSE: return "VERBOSE";
-    }
-    return "UNKNOWN";
-}
-
-//! Keeps what the library logs, to print it with the results.
+//! Keeps what the library logs at INFO and above (VERBOSE traces are for TensorRT's builds), to print it with
+//! the results.
 class CapturingLogger : public nvinfer1::ILogger
 {
 public:
     void log(Severity severity, nvinfer1::AsciiChar const* msg) noexcept override
     {
+        if (severity == Severity::kVERBOSE)
+        {
+            return;
+        }
         try
         {
-            mMessages.push_back("{\"severity\": " + json(severityName(severity)) + ", \"message\": " + json(msg) + "}");
+            mMessages.push_back("{\"severity\": " + json(eca::names::severityName(severity)) + ", \"message\": "
+                + json(msg) + "}");
         }
         catch (std::exception const&)
         {
@@ -400,7 +356,7 @@ std::string formatsJson(nvinfer1::IPluginV3OneBuild& build)
         return pairs;
     };
     auto const name = [](TypeFormat const& pair) {
-        return json(dataTypeName(pair.first) + "/" + formatName(pair.second));
+        return json(eca::names::typeFormatName(pair.first, pair.second));
     };
     auto const names = [&name](std::vector<TypeFormat> const& pairs) {
         std::vector<std::string> items;
@@ -461,11 +417,18 @@ int createAndReport(nvinfer1::IPluginCreatorV3One& creator, std::vector<std::str
                                   recreated->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME))
                                   ->getFieldsToSerialize())
                 == serializedText;
+        PluginPtr const cloned{plugin->clone()};
+        bool const cloneMatches = cloned
+            && serializedJson(static_cast<nvinfer1::IPluginV3OneRuntime*>(
+                                  cloned->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME))
+                                  ->getFieldsToSerialize())
+                == serializedText;
         char const* const metadata = build->getMetadataString();
         out << ", \"serialized\": " << serializedText << ", \"recreated\": " << (roundTrip ? "true" : "false")
+            << ", \"cloned\": " << (cloneMatches ? "true" : "false")
             << ", \"metadata\": " << json(metadata != nullptr ? metadata : "")
             << ", \"formats\": " << formatsJson(*build);
-        status = roundTrip ? 0 : kEXIT_NOT_CREATED;
+        status = roundTrip && cloneMatches ? 0 : kEXIT_NOT_CREATED;
     }
     out << ", \"log\": " << joined(finder.logger().messages());
     return status;

@@ -1,43 +1,55 @@
 """Build TensorRT engines from plain or ECA-fused ONNX models.
 
 Small steps in the spirit of Polygraphy's loaders, composed by :func:`build_engine`:
-:func:`load_backend` (``tensorrt``, or ``tensorrt_rtx`` whose builder needs no GPU) ->
-:func:`parse_onnx` (strongly typed network, plugin library or AOT plugin loaded first) ->
+:func:`~eca_deploy.tensorrt.backend.load_backend` (``tensorrt``, or ``tensorrt_rtx`` whose builder
+needs no GPU) -> :func:`plan_plugin` (how the fused nodes will run) -> :func:`parse_onnx` (strongly
+typed network; plugin library loaded and verified, or the AOT plugin registered) ->
 :func:`create_config` (dynamic-batch profile, precision route, timing cache, embedded plugin) ->
-``build_serialized_network`` -> engine cache -> plain plan file.
+``build_serialized_network`` -> engine cache -> plan file.
 
-Fused EcaAttention nodes use our plugin when a library is given (``--plugin`` or
-``$ECA_PLUGIN_LIBRARY``) or the AOT route is chosen; otherwise TensorRT's parser inlines their
-model-local function and the engine runs ECA with native layers ("fallback-function").
+Fused EcaAttention nodes run on our plugin when a library is given (``--plugin`` or
+``$ECA_PLUGIN_LIBRARY``) or the AOT route is chosen. Then the parser gets a copy of the model
+without the nodes' fallback function, on every TensorRT version: before 10.7 the parser would
+inline the function even with the plugin registered, and from 10.7 a missing plugin would silently
+fall back to it. The parsed network must hold exactly one plugin layer per fused node, or the build
+fails (:class:`~eca_deploy.errors.PluginNotUsedError`). Without a plugin, the parser inlines the
+function and the engine runs ECA with native layers ("fallback-function").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import importlib
-import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
-
-import onnx
-from google.protobuf.message import DecodeError
 
 from eca_deploy._io import staged_outputs, write_text_atomic
-from eca_deploy.errors import EcaDeployError, first_line
-from eca_deploy.passes.fused_node import count_fused_nodes
+from eca_deploy.errors import EcaDeployError, PluginNotUsedError
+from eca_deploy.onnx_files import load_graph, onnx_precision
+from eca_deploy.passes.fused_node import (
+    count_fused_nodes,
+    without_fallback_function,
+    without_plugin_lookup,
+)
 from eca_deploy.progress import Progress
+from eca_deploy.resources import cache_root
+from eca_deploy.tensorrt.backend import (
+    AOT_MIN_VERSION,
+    Backend,
+    load_backend,
+    tensorrt_logger,
+    verbose_log,
+)
+from eca_deploy.tensorrt.plugin_library import (
+    load_plugin_library,
+    resolve_plugin_library,
+)
 
-BACKENDS = ("tensorrt", "tensorrt_rtx")
 PRECISION_ROUTES = ("strongly-typed", "builder-flag")
-PLUGIN_ENV = "ECA_PLUGIN_LIBRARY"
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "eca_deploy" / "engines"
-_INSTALL_HINT = {"tensorrt": "pip install 'eca-deploy[trt]' (tensorrt)",
-                 "tensorrt_rtx": "pip install 'eca-deploy[rtx]' (tensorrt-rtx-cu13)"}
+DEFAULT_CACHE_DIR = cache_root() / "engines"
+PLUGIN_LAYER_TYPES = ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3")
 
 
 @dataclass(frozen=True)
@@ -54,58 +66,44 @@ class BatchProfile:
 
 
 @dataclass(frozen=True)
-class Backend:
-    """The imported TensorRT flavour and what its API offers."""
+class PluginPlan:
+    """How the fused nodes will run. ``mode``: "none" (no fused node), "fallback-function" (native
+    layers from the nodes' ONNX function), "library" (libeca_plugin.so loaded at build and run time),
+    "serialized-in-engine" (the library inside a version-compatible engine) or "aot-ptx" (the
+    Quickly Deployable Plugin with the kernel's PTX in the engine)."""
 
-    module: ModuleType
-    name: str
-
-    @property
-    def version(self) -> str:
-        return self.module.__version__
-
-    @property
-    def loads_plugin_libraries(self) -> bool:
-        """TensorRT-RTX's parser cannot use plugins (see TRT_ONNX_FACTS.md): only full TensorRT."""
-        return self.name == "tensorrt"
+    mode: str
+    library: Path | None = None
+    sha256: str | None = None
 
     @property
-    def has_timing_cache(self) -> bool:
-        """Timing-cache operations are no-ops in TensorRT-RTX."""
-        return self.name == "tensorrt"
+    def uses_plugin(self) -> bool:
+        return self.mode in ("library", "serialized-in-engine", "aot-ptx")
 
-    @property
-    def has_fp16_builder_flag(self) -> bool:
-        """TensorRT 11 and TensorRT-RTX are strongly typed only: no FP16 builder flag."""
-        return hasattr(self.module.BuilderFlag, "FP16")
-
-
-def load_backend(name: str = "auto") -> Backend:
-    """Import ``tensorrt`` (preferred) or ``tensorrt_rtx``; missing: one sentence naming what to install."""
-    candidates = BACKENDS if name == "auto" else (name,)
-    if name not in (*BACKENDS, "auto"):
-        raise EcaDeployError(f"unknown TensorRT backend {name!r}; use auto, {' or '.join(BACKENDS)}")
-    for candidate in candidates:
-        try:
-            return Backend(importlib.import_module(candidate), candidate)
-        except ImportError:
-            continue
-    raise EcaDeployError("TensorRT is not installed: " + " or ".join(_INSTALL_HINT[c] for c in candidates))
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "path": None if self.library is None else str(self.library), "sha256": self.sha256}
 
 
 @dataclass
 class ParsedNetwork:
-    """Builder, network and parser kept together (the network borrows from both)."""
+    """Builder, network and parser kept together (the network borrows from both), with the plugin
+    handle that must outlive them."""
 
     builder: object
     network: object
     parser: object
     strongly_typed: bool
+    plugin_handle: object = None
 
     def layers(self) -> list[dict[str, str]]:
         """Name and type of every layer of the parsed network."""
         return [{"name": layer.name, "type": layer.type.name}
                 for layer in (self.network.get_layer(i) for i in range(self.network.num_layers))]
+
+
+def count_plugin_layers(layers: list[dict[str, str]]) -> int:
+    """How many of ``layers`` (as :meth:`ParsedNetwork.layers` lists them) are plugin layers."""
+    return sum(layer["type"] in PLUGIN_LAYER_TYPES for layer in layers)
 
 
 @dataclass
@@ -119,7 +117,7 @@ class EngineResult:
     precision_route: str
     profile: BatchProfile
     num_fused_nodes: int
-    plugin: dict
+    plugin: PluginPlan
     layers: list[dict[str, str]] = field(default_factory=list)
     cache: dict = field(default_factory=dict)
     build_seconds: float = 0.0
@@ -127,73 +125,78 @@ class EngineResult:
 
     @property
     def num_plugin_layers(self) -> int:
-        return sum(layer["type"].startswith("PLUGIN") for layer in self.layers)
+        return count_plugin_layers(self.layers)
 
     def to_dict(self) -> dict:
         return {"path": self.path.name, "backend": self.backend, "backend_version": self.backend_version,
                 "precision": self.precision, "precision_route": self.precision_route, "profile": asdict(self.profile),
-                "num_fused_nodes": self.num_fused_nodes, "plugin": self.plugin,
+                "num_fused_nodes": self.num_fused_nodes, "plugin": self.plugin.to_dict(),
                 "num_plugin_layers": self.num_plugin_layers, "num_layers": len(self.layers), "layers": self.layers,
                 "cache": self.cache, "build_seconds": round(self.build_seconds, 3), "size_bytes": self.size_bytes}
 
 
-def load_graph(path: Path) -> onnx.ModelProto:
-    """The ONNX model without its external weights (enough for types and node counts)."""
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, OSError) as error:
-        raise EcaDeployError(f"{path} is not a readable ONNX model: {first_line(error)}") from error
+def plan_plugin(backend: Backend, fused: int, library: Path | None, *, explicit_library: bool = False,
+                embed: bool = False, aot: bool = False) -> PluginPlan:
+    """How ``fused`` EcaAttention nodes will run with this backend; refuses what cannot work."""
+    if fused == 0:
+        if explicit_library or embed or aot:
+            raise EcaDeployError("the model has no EcaAttention node, so there is nothing for the plugin to run: "
+                                 "build the fused model (<stem>.eca.onnx from eca-export or eca-fuse)")
+        return PluginPlan("none")
+    if aot:
+        if not backend.has_aot_plugins:
+            minimum = ".".join(map(str, AOT_MIN_VERSION))
+            raise EcaDeployError(f"the ahead-of-time plugin needs TensorRT >= {minimum} (tensorrt.plugin's aot_impl); "
+                                 f"this is {backend.describe()}: use --plugin libeca_plugin.so instead")
+        return PluginPlan("aot-ptx")
+    if library is None:
+        if embed:
+            raise EcaDeployError("--embed-plugin needs the plugin library (--plugin or $ECA_PLUGIN_LIBRARY)")
+        return PluginPlan("fallback-function")
+    return PluginPlan("serialized-in-engine" if embed else "library", library, _sha256(library))
 
 
-def onnx_precision(model: onnx.ModelProto) -> str:
-    """"fp16" when the model's weights are FP16 (an ``eca-export --fp16`` model), else "fp32"."""
-    return "fp16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) else "fp32"
-
-
-def resolve_plugin_library(plugin_library: Path | None) -> Path | None:
-    """The plugin library given, else ``$ECA_PLUGIN_LIBRARY``; a missing file is a user error."""
-    library = plugin_library or (Path(os.environ[PLUGIN_ENV]) if os.environ.get(PLUGIN_ENV) else None)
-    if library is not None and not Path(library).is_file():
-        raise EcaDeployError(f"plugin library {library} does not exist: build plugins/eca (see plugins/eca/README.md)")
-    return Path(library) if library else None
-
-
-def make_logger(backend: Backend) -> object:
-    """A TensorRT logger printing warnings and errors, minus the parser's notice that inlined copies of
-    the fused nodes' function reuse node names (expected: the function body is inlined once per node)."""
+def parse_onnx(backend: Backend, path: Path, plugin: PluginPlan, *, strongly_typed: bool = True) -> ParsedNetwork:
+    """Parse ``path`` into a network. With a plugin, the library is loaded and verified (or the AOT plugin
+    registered) first and the parser gets a copy of the model without the fused nodes' fallback function;
+    without one, a copy whose fused nodes name no plugin, so that their function is inlined even where a
+    plugin library was loaded into this process before."""
     trt = backend.module
-
-    class Logger(trt.ILogger):
-        def log(self, severity: object, msg: str) -> None:
-            if severity <= trt.ILogger.WARNING and "will not be queryable" not in msg:
-                print(f"[{backend.name}] [{severity.name}] {msg}", file=sys.stderr)
-
-    return Logger()
-
-
-def parse_onnx(backend: Backend, path: Path, *, strongly_typed: bool = True, plugin_library: Path | None = None,
-               aot: bool = False) -> ParsedNetwork:
-    """Parse ``path`` into a network; loads the plugin library or registers the AOT plugin first."""
-    trt = backend.module
-    builder = trt.Builder(make_logger(backend))
-    if plugin_library is not None:
-        builder.get_plugin_registry().load_library(str(plugin_library))
+    builder = trt.Builder(tensorrt_logger(backend.module))
+    handle = None
+    if plugin.library is not None:
+        handle = load_plugin_library(trt, builder.get_plugin_registry(), plugin.library)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, builder.logger)
-    if aot:
-        from eca_deploy.qdp import mark_for_aot, register_aot_plugin
+    if plugin.uses_plugin:
+        model = without_fallback_function(load_graph(path))
+        if plugin.mode == "aot-ptx":
+            from eca_deploy.tensorrt.qdp import mark_for_aot, register_aot_plugin
 
-        register_aot_plugin()
-        model = onnx.load(str(path))
-        mark_for_aot(model)
+            register_aot_plugin()
+            mark_for_aot(model)
         parsed = parser.parse(model.SerializeToString(), str(path))
+    elif plugin.mode == "fallback-function":
+        parsed = parser.parse(without_plugin_lookup(load_graph(path)).SerializeToString(), str(path))
     else:
         parsed = parser.parse_from_file(str(path))
     if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EcaDeployError(f"{backend.name} could not parse {path}: {errors or 'unknown error'}")
-    return ParsedNetwork(builder, network, parser, strongly_typed)
+    return ParsedNetwork(builder, network, parser, strongly_typed, handle)
+
+
+def check_plugin_layers(plugin: PluginPlan, fused: int, layers: list[dict[str, str]]) -> None:
+    """The parsed network must be what the plan says: one plugin layer per fused node on a plugin route,
+    none otherwise; anything else fails the build (the report would describe another engine)."""
+    found = count_plugin_layers(layers)
+    if plugin.uses_plugin and found != fused:
+        raise PluginNotUsedError(f"the plugin was requested ({plugin.mode}) but the parsed network has {found} plugin "
+                                 f"layers for {fused} EcaAttention nodes; no engine was written")
+    if not plugin.uses_plugin and found:
+        raise PluginNotUsedError(f"no plugin was requested ({plugin.mode}) but the parsed network has {found} plugin "
+                                 "layers, which would need a plugin library at run time; no engine was written")
 
 
 def create_config(backend: Backend, parsed: ParsedNetwork, profile: BatchProfile, *, fp16_flag: bool = False,
@@ -247,13 +250,13 @@ def _sha256(*paths: Path) -> str:
 
 
 def engine_cache_key(onnx_path: Path, backend: Backend, precision: str, route: str, profile: BatchProfile,
-                     plugin: dict) -> str:
+                     plugin: PluginPlan) -> str:
     """Hash of everything that decides the engine: model bytes (external data too), TensorRT version,
-    GPU compute capability, precision and route, profile, and the plugin (library hash, embed, AOT)."""
+    GPU compute capability, precision and route, profile, and the plugin (mode and library hash)."""
     external = onnx_path.with_name(onnx_path.name + ".data")
     model_hash = _sha256(onnx_path, *([external] if external.is_file() else []))
     parts = [model_hash, backend.name, backend.version, gpu_tag(), precision, route,
-             f"{profile.min}/{profile.opt}/{profile.max}", plugin["mode"], plugin.get("sha256") or "none"]
+             f"{profile.min}/{profile.opt}/{profile.max}", plugin.mode, plugin.sha256 or "none"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
@@ -261,12 +264,14 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
                  batch: tuple[int, int, int] | BatchProfile = BatchProfile(), plugin_library: Path | None = None,
                  embed_plugin: bool = False, aot: bool = False, precision_route: str = "strongly-typed",
                  backend: str = "auto", cache_dir: Path | None = DEFAULT_CACHE_DIR,
-                 progress: Progress | None = None) -> EngineResult:
+                 progress: Progress | None = None, verbose: bool = False) -> EngineResult:
     """Build (or take from the engine cache) a serialized engine for ``onnx_path``, written atomically.
 
     ``precision`` defaults to the ONNX model's (FP16 weights -> "fp16"); the "builder-flag" route
-    builds FP16 from the FP32 model with TensorRT 10's FP16 flag. ``cache_dir=None`` disables the
-    engine and timing caches.
+    builds FP16 from the FP32 model with TensorRT 10's FP16 flag. ``plugin_library`` (else
+    ``$ECA_PLUGIN_LIBRARY``) runs the fused nodes on the plugin; the engine then has one plugin layer
+    per fused node or none is written. ``cache_dir=None`` disables the engine and timing caches;
+    ``verbose`` prints TensorRT's verbose log, the plugin's answers to the builder included.
     """
     progress = progress or Progress(quiet=True)
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
@@ -281,7 +286,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     precision = precision or model_precision
     fp16_flag = precision_route == "builder-flag" and precision == "fp16"
     if fp16_flag and not trt.has_fp16_builder_flag:
-        raise EcaDeployError(f"{trt.name} {trt.version} is strongly typed only (no FP16 builder flag): "
+        raise EcaDeployError(f"{trt.describe()} is strongly typed only (no FP16 builder flag): "
                              "build from the FP16 ONNX (eca-export --fp16) instead")
     if fp16_flag and model_precision == "fp16":
         raise EcaDeployError("the builder-flag route starts from the FP32 ONNX; this model is already FP16")
@@ -290,14 +295,14 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
                              "their precision from the ONNX types (use eca-export --fp16 for FP16)")
 
     fused = count_fused_nodes(graph)
-    plugin = _plugin_plan(trt, fused, resolve_plugin_library(plugin_library), embed_plugin, aot)
-    if plugin["mode"] == "fallback-function":
+    plugin = plan_plugin(trt, fused, resolve_plugin_library(plugin_library), explicit_library=plugin_library is not None,
+                         embed=embed_plugin, aot=aot)
+    if plugin.mode == "fallback-function":
         progress.info(f"  no plugin library: {fused} EcaAttention nodes run as native layers (their ONNX function)")
 
     key = engine_cache_key(onnx_path, trt, precision, precision_route, profile, plugin)
     cached = cache_dir / f"{key}.engine" if cache_dir is not None else None
     cached_layers = cached.with_suffix(".layers.json") if cached is not None else None
-    library = Path(plugin["path"]) if plugin.get("path") else None
     result = EngineResult(engine_path, trt.name, trt.version, precision, precision_route, profile, fused, plugin,
                           cache={"key": key, "hit": False})
     start = time.perf_counter()
@@ -309,12 +314,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
             result.cache["hit"] = True
             progress.info(f"  engine cache hit ({cached})")
         else:
-            parsed = parse_onnx(trt, onnx_path, strongly_typed=not fp16_flag,
-                                plugin_library=library if plugin["mode"] in ("library", "serialized-in-engine") else None,
-                                aot=plugin["mode"] == "aot-ptx")
-            result.layers = parsed.layers()
-            staged.write_bytes(_build(trt, parsed, profile, fp16_flag, library if plugin["mode"] ==
-                                      "serialized-in-engine" else None, cache_dir))
+            with verbose_log(trt.module, verbose):
+                parsed = parse_onnx(trt, onnx_path, plugin, strongly_typed=not fp16_flag)
+                result.layers = parsed.layers()
+                check_plugin_layers(plugin, fused, result.layers)
+                embed = plugin.library if plugin.mode == "serialized-in-engine" else None
+                staged.write_bytes(_build(trt, parsed, profile, fp16_flag, embed, cache_dir))
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(staged, cached)
@@ -322,24 +327,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     result.build_seconds = time.perf_counter() - start
     result.size_bytes = engine_path.stat().st_size
     return result
-
-
-def _plugin_plan(trt: Backend, fused: int, library: Path | None, embed: bool, aot: bool) -> dict:
-    """How fused nodes will run: library, serialized-in-engine, aot-ptx, fallback-function, or none."""
-    if fused == 0:
-        return {"mode": "none", "path": None, "sha256": None}
-    if aot:
-        if trt.name != "tensorrt":
-            raise EcaDeployError(f"{trt.name} has no tensorrt.plugin module: the AOT plugin needs TensorRT >= 10.7")
-        return {"mode": "aot-ptx", "path": None, "sha256": None}
-    if library is None:
-        if embed:
-            raise EcaDeployError("--embed-plugin needs the plugin library (--plugin or $ECA_PLUGIN_LIBRARY)")
-        return {"mode": "fallback-function", "path": None, "sha256": None}
-    if not trt.loads_plugin_libraries:
-        raise EcaDeployError(f"{trt.name} cannot use plugin libraries: build without --plugin to run the fused nodes "
-                             "as native layers, or install TensorRT (pip install 'eca-deploy[trt]')")
-    return {"mode": "serialized-in-engine" if embed else "library", "path": str(library), "sha256": _sha256(library)}
 
 
 def _build(trt: Backend, parsed: ParsedNetwork, profile: BatchProfile, fp16_flag: bool, embed: Path | None,
@@ -350,9 +337,11 @@ def _build(trt: Backend, parsed: ParsedNetwork, profile: BatchProfile, fp16_flag
     timing = timing_path.read_bytes() if timing_path is not None and timing_path.is_file() else (
         b"" if timing_path is not None else None)
     config = create_config(trt, parsed, profile, fp16_flag=fp16_flag, timing_cache=timing, embed_library=embed)
+    logger = tensorrt_logger(trt.module)
+    mark = logger.mark()
     serialized = parsed.builder.build_serialized_network(parsed.network, config)
     if serialized is None:
-        raise EcaDeployError(f"{trt.name} failed to build the engine (see the TensorRT messages above)")
+        raise EcaDeployError(f"{trt.name} failed to build the engine{logger.reason(mark)}")
     if timing_path is not None:
         timing_path.parent.mkdir(parents=True, exist_ok=True)
         timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -363,10 +352,10 @@ def inspect_engine(engine_path: str | Path, backend: str = "auto", plugin_librar
     """The engine inspector's JSON layer report (needs a GPU to deserialize the engine)."""
     trt = load_backend(backend)
     module = trt.module
-    runtime = module.Runtime(make_logger(trt))
+    runtime = module.Runtime(tensorrt_logger(module))
     runtime.engine_host_code_allowed = True  # engines with an embedded plugin library
     if plugin_library is not None:
-        runtime.get_plugin_registry().load_library(str(plugin_library))
+        load_plugin_library(module, runtime.get_plugin_registry(), plugin_library)
     engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
         raise EcaDeployError(f"{trt.name} could not deserialize {engine_path} (it needs a GPU of the kind it was "
