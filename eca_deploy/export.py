@@ -28,14 +28,9 @@ from torch import nn
 
 from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.onnx_files import check_onnx, save_onnx
+from eca_deploy.options import (BATCH_DIM, DEFAULT_OPSET, DYNAMO_MIN_OPSET, EXPORTERS, INPUT_NAME, MIN_OPSET,
+                                OUTPUT_NAME, PRECISIONS)
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-BATCH_DIM = "batch"
-DEFAULT_OPSET = 18
-EXPORTERS = ("dynamo", "legacy")
-PRECISIONS = ("fp32", "fp16")
-MIN_OPSET = 13
 
 
 @dataclass(frozen=True)
@@ -100,6 +95,23 @@ def _name_batch_dims(model: onnx.ModelProto) -> None:
         dim.dim_param = BATCH_DIM
 
 
+def effective_exporter(module: nn.Module, requested: str) -> str:
+    """The exporter that will run: TorchScript archives always go through the legacy exporter, which is
+    the only one that reads them."""
+    return "legacy" if isinstance(module, torch.jit.ScriptModule) else requested
+
+
+def check_export_options(exporter: str, opset: int) -> None:
+    """Refuse option combinations the exporters cannot honour, before any model is loaded."""
+    if exporter not in EXPORTERS:
+        raise EcaDeployError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise EcaDeployError(f"opset must be between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}, got {opset}")
+    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
+        raise EcaDeployError(f"the dynamo exporter needs opset >= {DYNAMO_MIN_OPSET} (got {opset}): "
+                             "pass --exporter legacy")
+
+
 def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, int, int] = (3, 224, 224),
                 precision: str = "fp32", opset: int = DEFAULT_OPSET, exporter: str = "dynamo",
                 external_data: bool = False) -> ExportResult:
@@ -110,14 +122,8 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, 
     """
     if precision not in PRECISIONS:
         raise EcaDeployError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if exporter not in EXPORTERS:
-        raise EcaDeployError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise EcaDeployError(f"opset must be between {MIN_OPSET} and {onnx.defs.onnx_opset_version()}, got {opset}")
-    if isinstance(module, torch.jit.ScriptModule):
-        exporter = "legacy"
-    if exporter == "dynamo" and opset < 18:
-        raise EcaDeployError(f"the dynamo exporter needs opset >= 18 (got {opset}): pass --exporter legacy")
+    exporter = effective_exporter(module, exporter)
+    check_export_options(exporter, opset)
     path = Path(path)
     model = _torch_export(module.eval(), torch.randn(2, *input_shape), exporter, opset)
     clamped = {"underflow": 0, "overflow": 0}

@@ -6,13 +6,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnxruntime as ort
-import torch
-from torch import nn
 
-from eca_deploy.errors import EcaDeployError, ParityError
-from eca_deploy.export import INPUT_NAME
+from eca_deploy.errors import EcaDeployError, ParityError, first_line
+from eca_deploy.options import INPUT_NAME
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class ParityReport:
 
     model: str
     precision: str
+    reference: str
     backend: str
     seed: int
     tolerance: Tolerance
@@ -134,7 +138,7 @@ class ParityReport:
         return {
             "model": Path(self.model).name,
             "precision": self.precision,
-            "reference": f"pytorch-fp32 (torch {torch.__version__})",
+            "reference": self.reference,
             "backend": self.backend,
             "seed": self.seed,
             "tolerance": asdict(self.tolerance),
@@ -164,6 +168,8 @@ def check_onnx_parity(module: nn.Module, onnx_path: str | Path, *, precision: st
 
     Several batch sizes go through the same file, which also proves the batch axis is dynamic.
     """
+    import torch
+
     tolerance = tolerance or DEFAULT_TOLERANCES[precision]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     reference_module = module.float().eval()
@@ -174,7 +180,7 @@ def check_onnx_parity(module: nn.Module, onnx_path: str | Path, *, precision: st
             reference = reference_module(torch.from_numpy(x)).numpy()
         (candidate,) = session.run(None, {INPUT_NAME: x})
         results.append(compare_outputs(reference, candidate))
-    return ParityReport(model=str(onnx_path), precision=precision,
+    return ParityReport(model=str(onnx_path), precision=precision, reference=f"pytorch-fp32 (torch {torch.__version__})",
                         backend=f"onnxruntime-cpu {ort.__version__}", seed=seed, tolerance=tolerance,
                         results=tuple(results))
 
@@ -190,22 +196,47 @@ def _feed(session: ort.InferenceSession, batch_size: int, seed: int) -> dict[str
     return feed
 
 
-def check_onnx_equivalence(original: str | Path, transformed: str | Path, *, atol: float,
-                           batch_sizes: Sequence[int] = (1, 3), seed: int = 0) -> float:
-    """Run both ONNX files on ONNX Runtime CPU with the same seeded inputs; return the max abs difference.
+@dataclass(frozen=True)
+class Equivalence:
+    """Two ONNX files compared on the same inputs: the batch sizes that ran and the largest difference."""
 
-    Raises :class:`ParityError` when any output differs by more than ``atol`` (relative to the
-    output's scale when that exceeds 1).
+    batches: tuple[int, ...]
+    max_abs_difference: float
+    skipped: dict[int, str]  # batch size -> why the original model could not run it
+
+
+def check_onnx_equivalence(original: str | Path, transformed: str | Path, *, atol: float,
+                           batch_sizes: Sequence[int] = (1, 3), seed: int = 0) -> Equivalence:
+    """Run both ONNX files on ONNX Runtime CPU with the same seeded inputs and compare every output.
+
+    Batch sizes the original model itself cannot run (an export that declares a symbolic batch but bakes
+    batch 1 into a Reshape) are skipped and reported; if it runs none, :class:`EcaDeployError` says why.
+    Raises :class:`ParityError` when the transformed model fails where the original ran, or when an output
+    differs by more than ``atol`` (relative to the output's scale when that exceeds 1).
     """
     sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (original, transformed)]
-    worst = 0.0
+    worst, ran, skipped = 0.0, [], {}
     for batch_size in batch_sizes:
         feed = _feed(sessions[0], batch_size, seed)
-        expected, actual = (session.run(None, feed) for session in sessions)
+        try:
+            expected = sessions[0].run(None, feed)
+        except Exception as error:  # onnxruntime raises its own exception types for shape and kernel failures
+            skipped[batch_size] = first_line(error)
+            continue
+        try:
+            actual = sessions[1].run(None, feed)
+        except Exception as error:
+            raise ParityError(f"{Path(transformed).name} fails on ONNX Runtime at batch {batch_size}, where "
+                              f"{Path(original).name} runs: {first_line(error)}") from error
         for name, a, b in zip((o.name for o in sessions[0].get_outputs()), expected, actual):
             error = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
             if error > atol * max(1.0, float(np.abs(a).max())):
                 raise ParityError(f"{Path(transformed).name} differs from {Path(original).name} on output "
                                   f"{name!r} at batch {batch_size}: max abs error {error:.3g} > {atol:g}")
             worst = max(worst, error)
-    return worst
+        ran.append(batch_size)
+    if not ran:
+        reasons = "; ".join(f"batch {size}: {reason}" for size, reason in skipped.items())
+        raise EcaDeployError(f"{Path(original).name} itself does not run on ONNX Runtime CPU ({reasons}), so the "
+                             "fused model cannot be checked against it; pass --no-verify to skip the check")
+    return Equivalence(tuple(ran), worst, skipped)

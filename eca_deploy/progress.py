@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 
 
@@ -15,28 +16,42 @@ class Progress:
         self.total_steps = total_steps
         self.quiet = quiet
         self._count = 0
+        self._line_open = False  # a step's "title ..." waits for its outcome on the same line
 
     def info(self, message: str) -> None:
-        """Print one line (not a step)."""
+        """Print one line (not a step); inside a step, below the step's title."""
         if not self.quiet:
+            if self._line_open:
+                print(file=sys.stderr)
+                self._line_open = False
             print(message, file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def step(self, title: str) -> Iterator[None]:
-        """Time a step and print its start and outcome."""
+        """Time a step and print its start and outcome. Python warnings raised meanwhile (PyTorch's, say)
+        are printed after the outcome, once each, instead of breaking the step's line."""
         self._count += 1
         prefix = f"[{self._count}/{self.total_steps}] " if self.total_steps else ""
         if not self.quiet:
             print(f"{prefix}{title} ...", end="", file=sys.stderr, flush=True)
+            self._line_open = True
         start = time.perf_counter()
-        try:
-            yield
-        except BaseException:
-            if not self.quiet:
-                print(" failed", file=sys.stderr, flush=True)
-            raise
-        if not self.quiet:
-            print(f" done ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                yield
+            except BaseException:
+                self._finish(" failed", caught)
+                raise
+        self._finish(f" done ({time.perf_counter() - start:.1f} s)", caught)
+
+    def _finish(self, outcome: str, caught: list[warnings.WarningMessage]) -> None:
+        if self.quiet:
+            return
+        print(outcome if self._line_open else f"  ...{outcome}", file=sys.stderr, flush=True)
+        self._line_open = False
+        for message in dict.fromkeys(f"{w.category.__name__}: {str(w.message).strip().splitlines()[0]}"
+                                     for w in caught if str(w.message).strip()):
+            print(f"  warning: {message}", file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def bar(self, total: int | None, title: str) -> Iterator[ProgressBar]:

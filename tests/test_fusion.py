@@ -321,9 +321,34 @@ def _changed(model: onnx.ModelProto, op_type: str, new_op_type: str | None = Non
     return model
 
 
-def test_circular_padding_below_opset_19_is_a_near_miss():
-    model, _, _ = build_eca(opset=17, padding="slice_concat")
-    assert "circular padding needs opset >= 19" in _near_miss(model)
+@pytest.mark.parametrize("opset", [13, 15, 17, 18])
+@pytest.mark.parametrize("k", [3, 5])
+def test_circular_padding_below_opset_19_fuses_with_a_gather_fallback(opset, k):
+    """Pad has no "wrap" mode before opset 19: the function pads by gathering channel indices modulo C."""
+    model, g, pad_mode = build_eca(opset=opset, padding="slice_concat", k=k)
+    fused = assert_fused_equivalent(model, g.taps, pad_mode)
+    (function,) = fused.functions
+    assert "Gather" in {node.op_type for node in function.node} and "Pad" not in {n.op_type for n in function.node}
+
+
+def test_mixed_padding_below_opset_19_fuses_one_mode_and_says_why_not_the_other():
+    g = EcaGraph(17)
+    x = g.op("Relu", "x")
+    outputs = []
+    for padding in ("conv", "slice_concat"):  # zero padding in the conv, then circular by Slice/Concat
+        pooled = g.op("GlobalAveragePool", x)
+        sequence = g.op("Transpose", g.op("Squeeze", pooled, g.const([3])), perm=[0, 2, 1])
+        padded, pads, _ = PADDINGS[padding](g, sequence, 1)
+        gate = g.op("Sigmoid", g.op("Conv", padded, g.weight(), kernel_shape=[3], pads=pads))
+        gate = g.op("Unsqueeze", g.op("Transpose", gate, perm=[0, 2, 1]), g.const([3]))
+        x = g.op("Mul", x, gate)
+        outputs.append(x)
+    g.outputs.append(outputs[-1])
+    fused, report = fuse_eca(g.model())
+    assert [block.pad_mode for block in report.fused] == ["constant"]
+    (miss,) = report.near_misses
+    assert "circular and zero-padded ECA blocks in one model need opset >= 19" in miss.reason
+    assert fused.functions[0].node[-1].op_type == "Mul" and count_fused_nodes(fused) == 1
 
 
 @pytest.mark.parametrize("gate", ["HardSigmoid", "Relu", "Tanh"])
@@ -448,9 +473,10 @@ def test_load_onnx_round_trip(tmp_path):
     assert load_onnx(tmp_path / "model.onnx") == model
 
 
-def test_tensorrt_rtx_parses_the_fallback_function():
+@pytest.mark.parametrize(("opset", "padding"), [(19, "pad_wrap"), (17, "slice_concat"), (13, "conv")])
+def test_tensorrt_rtx_parses_the_fallback_function(opset, padding):
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed")
-    model, _, _ = build_eca(opset=19, padding="pad_wrap")
+    model, _, _ = build_eca(opset=opset, padding=padding)
     fused, _ = fuse_eca(model)
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)

@@ -21,28 +21,30 @@ from eca_deploy.passes import count_fused_nodes, fuse_eca
 from eca_deploy.reference import eca_reference
 
 FP32_ATOL, FP16_ATOL = 1e-5, 2e-3
-OPSETS = {  # exporter -> opset for ECA blocks; circular padding in the fallback needs opset 19
-    ("legacy", "constant"): 17, ("legacy", "wrap"): 19, ("dynamo", "constant"): 18, ("dynamo", "wrap"): 20,
+OPSETS = {  # (exporter, pad mode) -> opset: below 19 circular blocks get a Gather-based fallback function
+    ("legacy", "constant"): 17, ("legacy", "wrap"): 17, ("dynamo", "constant"): 18, ("dynamo", "wrap"): 20,
 }
 STYLE_PAD_MODES = {"authors": "constant", "timm": "constant", "ceca": "wrap"}
 
 
 def export(module: torch.nn.Module, exporter: str, opset: int, *, half: bool = False,
-           input_shape: tuple[int, int, int] = (3, 12, 12)) -> onnx.ModelProto:
-    """Export ``module`` with a dynamic batch axis (input "x", output "y"), quietly."""
-    module, example = module.eval(), torch.randn(2, *input_shape)
+           input_shape: tuple[int, int, int] = (3, 12, 12), static_batch: bool = False) -> onnx.ModelProto:
+    """Export ``module`` with a dynamic batch axis (input "x", output "y"), quietly; ``static_batch``
+    exports batch 1 the way torch.onnx.export does by default (no dynamic axes)."""
+    module, example = module.eval(), torch.randn(1 if static_batch else 2, *input_shape)
     if half:
         module, example = module.half(), example.half()
     names = dict(input_names=["x"], output_names=["y"], opset_version=opset)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
+            shapes = None if static_batch else ({0: torch.export.Dim("batch")},)
             program = torch.onnx.export(module, (example,), dynamo=True, optimize=True, verbose=False,
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
+                                        dynamic_shapes=shapes, **names)
             return program.model_proto
         buffer = io.BytesIO()
-        torch.onnx.export(module, (example,), buffer, dynamo=False,
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, **names)
+        axes = None if static_batch else {"x": {0: "batch"}, "y": {0: "batch"}}
+        torch.onnx.export(module, (example,), buffer, dynamo=False, dynamic_axes=axes, **names)
         return onnx.load_from_string(buffer.getvalue())
 
 
@@ -99,12 +101,32 @@ def test_single_layer_matches_the_reference(style, exporter):
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-def test_circular_padding_below_opset_19_is_left_alone(exporter):
-    model = export(CecaModule(3), exporter, {"legacy": 17, "dynamo": 18}[exporter], input_shape=(8, 4, 4))
+@pytest.mark.parametrize("style", ["authors", "timm", "ceca"])
+def test_static_batch_exports_fuse_every_block(style, exporter):
+    """torch.onnx.export without dynamic axes (its default), 16 identical blocks as in timm's ecaresnetlight:
+    shape inference alone loses the batch after the first block; every block still fuses."""
+    torch.manual_seed(2)
+    stack = EcaStack(style, channels=(8,) * 16, kernels=(3,) * 16)
+    model = export(stack, exporter, OPSETS[exporter, STYLE_PAD_MODES[style]], static_batch=True)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     fused, report = fuse_eca(model)
-    assert report.num_fused == 0 and fused == model
-    (miss,) = report.near_misses
-    assert miss.reason.startswith("circular padding needs opset >= 19")
+    assert report.num_fused == 16 and not report.near_misses, report.summary_table()
+    x = np.random.default_rng(0).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    assert_close(run(fused, x), run(model, x), FP32_ATOL)
+
+
+@pytest.mark.parametrize("opset", [13, 15, 17])
+def test_circular_padding_below_opset_19_fuses(opset):
+    """timm's CecaModule exported before opset 19 pads with Slice/Concat; its blocks fuse and match PyTorch."""
+    torch.manual_seed(3)
+    stack = EcaStack("ceca", channels=(8, 5, 24), kernels=(3, 9, 7))
+    model = export(stack, "legacy", opset)
+    fused, report = fuse_eca(model)
+    assert report.num_fused == 3 and {b.pad_mode for b in report.fused} == {"wrap"}, report.summary_table()
+    assert_equivalent(model, fused, (3, 12, 12), FP32_ATOL)
+    x = np.random.default_rng(1).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    with torch.no_grad():
+        assert_close(run(fused, x), stack.eval()(torch.from_numpy(x)).double().numpy(), FP32_ATOL)
 
 
 NEAR_MISSES = {
@@ -158,7 +180,7 @@ def test_zoo_model_every_eca_layer_fused(zoo_export, tmp_path):
     assert report.num_fused == count_fused_nodes(fused) == expected and not report.near_misses
     assert sorted(b.channels for b in report.fused) == sorted(get_architecture(arch).eca_channels)
     onnx.save(fused, tmp_path / "model.eca.onnx")
-    check_onnx_equivalence(path, tmp_path / "model.eca.onnx", atol=FP32_ATOL)  # raises ParityError
+    assert check_onnx_equivalence(path, tmp_path / "model.eca.onnx", atol=FP32_ATOL).batches == (1, 3)
 
 
 @pytest.mark.slow

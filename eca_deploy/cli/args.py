@@ -5,9 +5,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eca_deploy.models import ARCHITECTURES
+from eca_deploy.models.registry import ARCHITECTURES
+from eca_deploy.options import DEFAULT_SOURCE, MIN_OPSET
 
-DEFAULT_SOURCE = "eca_mobilenet_v2"
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def opset(text: str) -> int:
+    """argparse type: an ONNX opset the fusion pass handles (the upper bound is the installed onnx's)."""
+    value = positive_int(text)
+    if value < MIN_OPSET:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_OPSET} (the fusion pass handles {MIN_OPSET} and "
+                                         f"newer), got {value}")
+    return value
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +38,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture (default: inferred from the keys)")
     group.add_argument("--kernels", metavar="SPEC",
                        help="ECA kernel sizes for zoo names, e.g. k3557 or adaptive (checkpoints: read from the weights)")
-    group.add_argument("--num-classes", type=int, metavar="N", help="classes (default: from the checkpoint, or 1000)")
+    group.add_argument("--num-classes", type=positive_int, metavar="N",
+                       help="classes (default: from the checkpoint, or 1000)")
     group.add_argument("--allow-pickle", action="store_true",
                        help="allow checkpoints holding a pickled nn.Module; unpickling runs code from the file, "
                             "so only use it for files you trust")
-    group.add_argument("--input-size", type=int, default=224, metavar="PX",
+    group.add_argument("--input-size", type=positive_int, default=224, metavar="PX",
                        help="square input resolution (default: 224)")
 
 
@@ -38,9 +58,9 @@ def add_output_args(parser: argparse.ArgumentParser, default_dir: str = "exporte
 def add_engine_profile_args(parser: argparse.ArgumentParser) -> None:
     """The dynamic-batch optimisation profile of a TensorRT engine."""
     group = parser.add_argument_group("engine profile")
-    group.add_argument("--min-batch", type=int, default=1, metavar="N", help="smallest batch (default: 1)")
-    group.add_argument("--opt-batch", type=int, default=8, metavar="N", help="batch tuned for (default: 8)")
-    group.add_argument("--max-batch", type=int, default=32, metavar="N", help="largest batch (default: 32)")
+    group.add_argument("--min-batch", type=positive_int, default=1, metavar="N", help="smallest batch (default: 1)")
+    group.add_argument("--opt-batch", type=positive_int, default=8, metavar="N", help="batch tuned for (default: 8)")
+    group.add_argument("--max-batch", type=positive_int, default=32, metavar="N", help="largest batch (default: 32)")
     group.add_argument("--plugin", type=Path, metavar="SO",
                        help="libeca_plugin.so for fused EcaAttention nodes (default: $ECA_PLUGIN_LIBRARY)")
 

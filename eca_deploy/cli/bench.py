@@ -21,12 +21,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from eca_deploy.cli import _harness
 from eca_deploy.cli.args import add_harness_args, add_model_args
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.harness.data import Batch, RandomInputs
-from eca_deploy.harness.environment import POWER_SOURCES, PowerSampler
-from eca_deploy.harness.latency import LatencySettings, measure_latency, scenario_summary
+from eca_deploy.options import POWER_SOURCES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from eca_deploy.cli import _harness
+    from eca_deploy.harness.data import Batch, RandomInputs
+    from eca_deploy.harness.environment import PowerSampler
+    from eca_deploy.harness.latency import LatencySettings, measure_latency, scenario_summary
+
     if min(args.batch_sizes) < 1:
         raise EcaDeployError(f"batch sizes must be at least 1, got {args.batch_sizes}")
     try:

@@ -23,11 +23,11 @@ import argparse
 import json
 from pathlib import Path
 
-from eca_deploy._io import write_text_atomic
+from eca_deploy._io import check_output_dir, write_text_atomic
 from eca_deploy.cli.args import add_engine_profile_args
+from eca_deploy.options import PRECISION_ROUTES, TENSORRT_FLAVOURS
 from eca_deploy.progress import Progress
-from eca_deploy.tensorrt.backend import FLAVOURS
-from eca_deploy.tensorrt.engine import DEFAULT_CACHE_DIR, PRECISION_ROUTES, build_engine
+from eca_deploy.resources import cache_root
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,10 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "the runtime must allow engine host code)")
     group.add_argument("--aot", action="store_true",
                        help="use the Quickly Deployable Plugin with the kernel's PTX in the engine (TensorRT >= 10.7)")
-    group.add_argument("--backend", choices=("auto", *FLAVOURS), default="auto",
+    group.add_argument("--backend", choices=("auto", *TENSORRT_FLAVOURS), default="auto",
                        help="TensorRT flavour (default: tensorrt if installed, else tensorrt_rtx)")
-    group.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
-                       help=f"engine and timing cache (default: {DEFAULT_CACHE_DIR})")
+    group.add_argument("--cache-dir", type=Path, default=cache_root() / "engines",
+                       help=f"engine and timing cache (default: {cache_root() / 'engines'})")
     group.add_argument("--no-cache", action="store_true", help="always build; no engine or timing cache")
     parser.add_argument("--report", type=Path, help="JSON report (default: <engine>.json beside it)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary")
@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     output = args.output or args.model.with_name(f"{args.model.name.removesuffix('.onnx')}.engine")
+    report = args.report or output.with_name(output.name + ".json")
+    check_output_dir(output.parent)
+    check_output_dir(report.parent, "--report")
+
+    from eca_deploy.tensorrt.engine import build_engine
+
     progress = Progress(total_steps=1, quiet=args.quiet)
     with progress.step(f"Building {output.name} from {args.model}"):
         result = build_engine(args.model, output, precision="fp16" if args.fp16 else None,
@@ -65,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
                               embed_plugin=args.embed_plugin, aot=args.aot, precision_route=args.precision_route,
                               backend=args.backend, cache_dir=None if args.no_cache else args.cache_dir,
                               progress=progress, verbose=args.verbose)
-    report = args.report or output.with_name(output.name + ".json")
     write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
     print(f"Wrote {output} ({result.size_bytes / 1e6:.1f} MB, {result.backend} {result.backend_version}, "
           f"{result.precision}, plugin: {result.plugin.mode}, {result.num_plugin_layers} plugin layers, "

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 from eca_deploy._io import write_text_atomic
-from eca_deploy.harness.report import compare_reports, format_comparison, load_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from eca_deploy.harness.report import compare_reports, format_comparison, load_report
+
     baseline, candidate = load_report(args.baseline), load_report(args.candidate)
     rows = compare_reports(baseline, candidate)
     print(format_comparison(rows, baseline["kind"], (str(args.baseline), str(args.candidate))), end="")

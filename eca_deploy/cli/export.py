@@ -17,18 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
-import onnx
-
 from eca_deploy import __version__
-from eca_deploy._io import staged_outputs
-from eca_deploy.checkpoints import load_model
-from eca_deploy.cli.args import add_engine_profile_args, add_model_args, add_output_args
+from eca_deploy._io import check_output_dir, staged_outputs
+from eca_deploy.cli.args import add_engine_profile_args, add_model_args, add_output_args, opset
 from eca_deploy.errors import EcaDeployError, ParityError
-from eca_deploy.export import DEFAULT_OPSET, EXPORTERS, export_onnx
-from eca_deploy.onnx_files import save_checked
-from eca_deploy.parity import check_onnx_parity
-from eca_deploy.passes import fuse_eca
-from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
+from eca_deploy.options import DEFAULT_OPSET, EXPORTERS
 from eca_deploy.progress import Progress
 
 REPORT_SCHEMA_VERSION = 1
@@ -40,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("export")
     group.add_argument("--fp16", action="store_true",
                        help="write an FP16 model (FP16 compute, float32 input/output with one Cast at each edge)")
-    group.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    group.add_argument("--opset", type=opset, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     group.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                        help="PyTorch exporter (default: dynamo, the cleanest graph; legacy is faster and is "
                             "always used for TorchScript)")
@@ -76,6 +69,30 @@ def output_stem(source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import onnx
+
+    check_output_dir(args.output_dir)
+    if args.triton_repo:
+        check_output_dir(args.triton_repo, "--triton-repo")
+    if args.plugin and not args.engine:
+        raise EcaDeployError("--plugin is for the engine: add --engine (the fused ONNX needs no plugin library)")
+    if args.plugin_only and args.no_fuse:
+        raise EcaDeployError("--plugin-only writes a variant of the fused model: drop --no-fuse")
+
+    from eca_deploy.checkpoints import load_model
+    from eca_deploy.export import check_export_options, effective_exporter, export_onnx
+    from eca_deploy.onnx_files import save_checked
+    from eca_deploy.parity import check_onnx_parity
+    from eca_deploy.passes import fuse_eca
+    from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
+
+    check_export_options(args.exporter, args.opset)
+    if args.engine:
+        from eca_deploy.tensorrt.engine import BatchProfile
+        from eca_deploy.tensorrt.plugin_library import resolve_plugin_library
+
+        BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
+        resolve_plugin_library(args.plugin)
     progress = Progress(total_steps=4 - args.no_fuse + args.engine + bool(args.triton_repo), quiet=args.quiet)
     precision = "fp16" if args.fp16 else "fp32"
     stem = args.name or output_stem(args.source)
@@ -85,17 +102,19 @@ def run(args: argparse.Namespace) -> int:
     with progress.step(f"Loading {args.source}"):
         loaded = load_model(args.source, arch=args.arch, kernels=args.kernels, num_classes=args.num_classes,
                             allow_pickle=args.allow_pickle)
-    progress.info(f"  {loaded.arch or 'unknown architecture'}, ECA kernels {loaded.kernel_spec}, "
-                  f"{loaded.num_classes} classes ({loaded.source_kind})")
+    classes = f"{loaded.num_classes} classes" if loaded.num_classes else "class count unknown"
+    progress.info(f"  {loaded.arch or 'unknown architecture'}, ECA kernels {loaded.kernel_spec}, {classes} "
+                  f"({loaded.source_kind})")
+    exporter = effective_exporter(loaded.module, args.exporter)
 
     report: dict = {"schema_version": REPORT_SCHEMA_VERSION, "tool": f"eca-deploy {__version__}",
                     "source": args.source, "source_kind": loaded.source_kind, "arch": loaded.arch,
                     "kernel_sizes": list(loaded.kernel_sizes), "num_classes": loaded.num_classes,
                     "precision": precision, "input_shape": list(input_shape)}
     with staged_outputs(args.output_dir) as staging:
-        with progress.step(f"Exporting {precision.upper()} ONNX ({args.exporter} exporter, opset {args.opset})"):
+        with progress.step(f"Exporting {precision.upper()} ONNX ({exporter} exporter, opset {args.opset})"):
             exported = export_onnx(loaded.module, staging / f"{tag}.onnx", input_shape=input_shape,
-                                   precision=precision, opset=args.opset, exporter=args.exporter,
+                                   precision=precision, opset=args.opset, exporter=exporter,
                                    external_data=args.external_data)
         report["export"] = exported.to_dict()
         if any(exported.fp16_clamped.values()):

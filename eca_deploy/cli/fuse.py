@@ -5,7 +5,8 @@ PyTorch's exporters and simplifiers produce, replaces each with an EcaAttention 
 it to libeca_plugin.so; without the plugin, TensorRT and ONNX Runtime run the model-local function
 carried in the same file), reports near-misses with their reason, and checks on ONNX Runtime CPU
 that the fused model computes the same outputs (1e-5 FP32, 2e-3 FP16).
-Exit codes: 0 success, 1 outputs differ, 2 bad input or --expect mismatch.
+Exit codes: 0 success, 1 outputs differ, 2 bad input, --expect mismatch, or no ECA block to fuse
+(unless --allow-unfused).
 
 Examples:
   eca-fuse model.onnx                      # writes model.eca.onnx and model.eca.fusion.json
@@ -19,14 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-import onnx
-
-from eca_deploy._io import staged_outputs, write_text_atomic
+from eca_deploy._io import check_output_dir, staged_outputs, write_text_atomic
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.onnx_files import load_onnx, save_checked
-from eca_deploy.parity import check_onnx_equivalence
-from eca_deploy.passes import fuse_eca
-from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
 from eca_deploy.progress import Progress
 
 FP32_ATOL = 1e-5
@@ -45,20 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "inlines the function instead of using the plugin; it runs only where the plugin is "
                              "loaded (not on ONNX Runtime)")
     parser.add_argument("--external-data", action="store_true", help="store weights in <output>.data")
+    parser.add_argument("--allow-unfused", action="store_true",
+                        help="write the output even when no ECA block is found (an unchanged copy) and exit 0")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary table")
 
 
-def _has_fp16_weights(model: onnx.ModelProto) -> bool:
-    return any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer)
-
-
 def run(args: argparse.Namespace) -> int:
-    progress = Progress(total_steps=2 + (not args.no_verify), quiet=args.quiet)
     output = args.output or args.model.with_name(f"{args.model.name.removesuffix('.onnx')}.eca.onnx")
     report_path = args.report or output.with_name(f"{output.name.removesuffix('.onnx')}.fusion.json")
     if output.resolve() == args.model.resolve():
         raise EcaDeployError("the output would overwrite the input model: pass another -o")
+    check_output_dir(output.parent)
+    check_output_dir(report_path.parent, "--report")
 
+    from eca_deploy.onnx_files import load_onnx, onnx_precision, save_checked
+    from eca_deploy.parity import check_onnx_equivalence
+    from eca_deploy.passes import fuse_eca
+    from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
+
+    progress = Progress(total_steps=2 + (not args.no_verify), quiet=args.quiet)
     with progress.step(f"Loading {args.model}"):
         model = load_onnx(args.model)
     with progress.step("Fusing ECA blocks"):
@@ -66,20 +66,34 @@ def run(args: argparse.Namespace) -> int:
     print(report.summary_table())
     if args.expect is not None and report.num_fused != args.expect:
         raise EcaDeployError(f"fused {report.num_fused} ECA blocks, expected {args.expect}")
+    if report.num_fused == 0 and not (args.allow_unfused or args.expect == 0):
+        why = f"{len(report.near_misses)} near-misses are listed above" if report.near_misses else "no candidate found"
+        raise EcaDeployError(f"no ECA block to fuse in {args.model.name} ({why}); nothing written (--allow-unfused "
+                             "writes an unchanged copy)")
 
+    result = report.to_dict()
+    written = [output]
+    together = report_path.parent.resolve() == output.parent.resolve()
     with staged_outputs(output.parent) as staging:
         staged = staging / output.name
         save_checked(fused, staged, args.external_data)
-        result = report.to_dict()
-        written = [output]
         if args.plugin_only:
             save_checked(without_fallback_function(fused), plugin_only_path(staged), args.external_data)
             result["plugin_only"] = plugin_only_path(output).name
             written.append(plugin_only_path(output))
-        if not args.no_verify:
+        if not args.no_verify and report.num_fused:
             with progress.step("Checking the fused model against the original on ONNX Runtime CPU"):
-                atol = FP16_ATOL if _has_fp16_weights(model) else FP32_ATOL
-                result["max_abs_difference"] = check_onnx_equivalence(args.model, staged, atol=atol)
-    write_text_atomic(report_path, json.dumps(result, indent=2) + "\n")
+                atol = FP16_ATOL if onnx_precision(model) == "fp16" else FP32_ATOL
+                equivalence = check_onnx_equivalence(args.model, staged, atol=atol)
+            result["max_abs_difference"] = equivalence.max_abs_difference
+            result["verified_batches"] = list(equivalence.batches)
+            batches = " and ".join(map(str, equivalence.batches))
+            progress.info(f"  same outputs at batch {batches} (max abs difference {equivalence.max_abs_difference:.2g})")
+            for size, reason in equivalence.skipped.items():
+                progress.info(f"  not checked at batch {size}: the original model itself fails there ({reason})")
+        if together:  # the report lands with the models, all or nothing
+            (staging / report_path.name).write_text(json.dumps(result, indent=2) + "\n")
+    if not together:
+        write_text_atomic(report_path, json.dumps(result, indent=2) + "\n")
     print(f"Wrote {', '.join(map(str, written))} and {report_path}")
     return 0

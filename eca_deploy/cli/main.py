@@ -13,11 +13,24 @@ import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from eca_deploy import __version__
+from eca_deploy._io import UNWRITABLE_ERRNOS
 from eca_deploy.errors import EcaDeployError
 
 SUBCOMMANDS = ("export", "fuse", "build", "validate", "bench", "compare", "zoo")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-sentence errors (exit code 2): the usage block stays behind --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def _subcommand(name: str) -> ModuleType:
@@ -32,24 +45,25 @@ def _configure(parser: argparse.ArgumentParser, module: ModuleType) -> argparse.
 
 def _standalone_parser(name: str, prog: str) -> argparse.ArgumentParser:
     module = _subcommand(name)
-    parser = argparse.ArgumentParser(prog=prog, description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_version(parser)
     return _configure(parser, module)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``eca-deploy`` parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="eca-deploy",
         description="ECA-Net checkpoints to validated ONNX models and TensorRT engines with a fused ECA plugin.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_version(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = _subcommand(name)
-        _configure(subparsers.add_parser(name, help=module.__doc__.strip().splitlines()[0],
-                                         description=module.__doc__,
-                                         formatter_class=argparse.RawDescriptionHelpFormatter), module)
+        subparser = subparsers.add_parser(name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_version(subparser)
+        _configure(subparser, module)
     return parser
 
 
@@ -60,6 +74,11 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except EcaDeployError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a full disk or a read-only folder met outside staged_outputs
+        if error.errno not in UNWRITABLE_ERRNOS:
+            raise
+        print(f"{parser.prog}: error: cannot write {error.filename or 'the output'}: {error.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

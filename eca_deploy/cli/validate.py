@@ -21,13 +21,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from eca_deploy.cli import _harness
 from eca_deploy.cli.args import add_harness_args, add_model_args
 from eca_deploy.errors import EcaDeployError, ParityError
-from eca_deploy.harness.accuracy import validate
-from eca_deploy.harness.backends import create_backend
-from eca_deploy.harness.data import RandomInputs
-from eca_deploy.parity import DEFAULT_TOLERANCES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from eca_deploy.cli import _harness
+    from eca_deploy.harness.accuracy import validate
+    from eca_deploy.harness.backends import create_backend
+    from eca_deploy.harness.data import RandomInputs
+    from eca_deploy.parity import DEFAULT_TOLERANCES
+
     if args.batch_size < 1:
         raise EcaDeployError(f"--batch-size must be at least 1, got {args.batch_size}")
     session = _harness.start(args, include_torch_cpu=False, engine_max_batch=args.batch_size)

@@ -12,7 +12,7 @@ import json
 
 import yaml
 
-from eca_deploy.models import ARCHITECTURES
+from eca_deploy.models.registry import ARCHITECTURES
 from eca_deploy.resources import resource_path
 
 

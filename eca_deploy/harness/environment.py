@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from eca_deploy.errors import EcaDeployError
+from eca_deploy.options import POWER_SOURCES
 
 # Which rails add up to the module's input power, most specific first.
 MODULE_TOTAL_RAILS = (
@@ -37,7 +38,6 @@ MODULE_TOTAL_RAILS = (
     ("GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"),                # AGX Xavier (JetPack 4)
     ("POM_5V_IN",),                                               # Nano (JetPack 4)
 )
-POWER_SOURCES = ("auto", "sysfs", "tegrastats", "none")
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?:/\d+(?:mW)?)?(?=\s|$)")
 _TEMPERATURE = re.compile(r"\b([A-Za-z][\w]*)@(-?\d+(?:\.\d+)?)C\b")
 _RAM = re.compile(r"\bRAM (\d+)/(\d+)MB")

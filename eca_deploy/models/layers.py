@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
-
-
-def adaptive_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
-    """The paper's psi(C): |log2(C)/gamma + b/gamma|, rounded up to an odd number."""
-    t = int(abs((math.log2(channels) + b) / gamma))
-    return t if t % 2 else t + 1
 
 
 class EcaLayer(nn.Module):

@@ -8,23 +8,7 @@ import torch
 from torch import nn
 
 from eca_deploy.models.layers import EcaLayer
-
-# t (expansion), c (output channels), n (repeats), s (first stride)
-INVERTED_RESIDUAL_SETTING = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
-
-
-def block_output_channels(width_mult: float = 1.0) -> list[int]:
-    """Output channels of every inverted-residual block, in forward order."""
-    return [int(c * width_mult) for _, c, n, _ in INVERTED_RESIDUAL_SETTING for _ in range(n)]
-
+from eca_deploy.models.specs import INVERTED_RESIDUAL_SETTING, block_output_channels
 
 class ConvBNReLU(nn.Sequential):
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 3, stride: int = 1,

@@ -1,18 +1,21 @@
-"""One registry of zoo architectures: name -> constructor and the layout of its ECA layers."""
+"""One registry of zoo architectures: name -> layout of its ECA layers and how to build it.
+
+Free of PyTorch until a model is built, so the command line lists and checks architectures instantly.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.models.layers import adaptive_kernel_size
-from eca_deploy.models.mobilenetv2 import EcaMobileNetV2, block_output_channels
-from eca_deploy.models.resnet import EcaBasicBlock, EcaBottleneck, EcaResNet
+from eca_deploy.models.specs import (RESNET_BLOCK_NAMES, RESNET_EXPANSION, RESNET_WIDTHS, adaptive_kernel_size,
+                                     block_output_channels)
+
+if TYPE_CHECKING:
+    from torch import nn
 
 KernelSpec = str | Sequence[int]
 
@@ -32,7 +35,9 @@ class Architecture:
     default_kernels: str
     eca_channels: tuple[int, ...]
     kernel_groups: tuple[int, ...]
-    _build: Callable[[Sequence[int], int], nn.Module]
+    family: str  # "resnet" or "mobilenet_v2"
+    layers: tuple[int, ...] = ()  # ResNet: blocks per stage
+    block: str = ""  # ResNet: "basic" or "bottleneck"
 
     @property
     def num_eca_layers(self) -> int:
@@ -62,19 +67,24 @@ class Architecture:
 
     def build(self, kernels: KernelSpec | None = None, num_classes: int = 1000) -> nn.Module:
         """Construct the model with randomly initialised weights."""
-        return self._build(self.kernel_sizes(kernels), num_classes)
+        sizes = self.kernel_sizes(kernels)
+        if self.family == "resnet":
+            from eca_deploy.models.resnet import BLOCKS, EcaResNet
+
+            return EcaResNet(BLOCKS[self.block], self.layers, sizes, num_classes)
+        from eca_deploy.models.mobilenetv2 import EcaMobileNetV2
+
+        return EcaMobileNetV2(sizes, num_classes)
 
 
-def _resnet(name: str, block: type[EcaBasicBlock] | type[EcaBottleneck], layers: tuple[int, ...],
-            default_kernels: str) -> Architecture:
-    widths = (64, 128, 256, 512)
+def _resnet(name: str, block: str, layers: tuple[int, ...], default_kernels: str) -> Architecture:
     return Architecture(
         name=name,
-        description=f"ECA-ResNet-{name.removeprefix('eca_resnet')} ({block.__name__[3:]} {list(layers)})",
+        description=f"ECA-ResNet-{name.removeprefix('eca_resnet')} ({RESNET_BLOCK_NAMES[block]} {list(layers)})",
         default_kernels=default_kernels,
-        eca_channels=tuple(w * block.expansion for w, n in zip(widths, layers) for _ in range(n)),
+        eca_channels=tuple(w * RESNET_EXPANSION[block] for w, n in zip(RESNET_WIDTHS, layers) for _ in range(n)),
         kernel_groups=tuple(stage for stage, n in enumerate(layers) for _ in range(n)),
-        _build=lambda sizes, num_classes: EcaResNet(block, layers, sizes, num_classes),
+        family="resnet", layers=layers, block=block,
     )
 
 
@@ -86,18 +96,18 @@ def _mobilenet_v2() -> Architecture:
         default_kernels="k13",
         eca_channels=channels,
         kernel_groups=tuple(int(c > 96) for c in channels),
-        _build=lambda sizes, num_classes: EcaMobileNetV2(sizes, num_classes),
+        family="mobilenet_v2",
     )
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     arch.name: arch
     for arch in (
-        _resnet("eca_resnet18", EcaBasicBlock, (2, 2, 2, 2), "k3333"),
-        _resnet("eca_resnet34", EcaBasicBlock, (3, 4, 6, 3), "k3333"),
-        _resnet("eca_resnet50", EcaBottleneck, (3, 4, 6, 3), "k3557"),
-        _resnet("eca_resnet101", EcaBottleneck, (3, 4, 23, 3), "k3357"),
-        _resnet("eca_resnet152", EcaBottleneck, (3, 8, 36, 3), "k3357"),
+        _resnet("eca_resnet18", "basic", (2, 2, 2, 2), "k3333"),
+        _resnet("eca_resnet34", "basic", (3, 4, 6, 3), "k3333"),
+        _resnet("eca_resnet50", "bottleneck", (3, 4, 6, 3), "k3557"),
+        _resnet("eca_resnet101", "bottleneck", (3, 4, 23, 3), "k3357"),
+        _resnet("eca_resnet152", "bottleneck", (3, 8, 36, 3), "k3357"),
         _mobilenet_v2(),
     )
 }
@@ -122,6 +132,9 @@ def calibrate_batchnorm(model: nn.Module, image_size: int = 224, seed: int = 0, 
     With default BN buffers a randomly initialised MobileNetV2 produces logits around 1e-12,
     which makes parity checks meaningless; after calibration activations have unit scale.
     """
+    import torch
+    from torch import nn
+
     generator = torch.Generator().manual_seed(seed)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
@@ -139,5 +152,7 @@ def calibrate_batchnorm(model: nn.Module, image_size: int = 224, seed: int = 0, 
 def create_demo_model(name: str, kernels: KernelSpec | None = None, num_classes: int = 1000,
                       seed: int = 0) -> nn.Module:
     """A zoo model with seeded random weights and calibrated BatchNorm: for demos and tests."""
+    import torch
+
     torch.manual_seed(seed)
     return calibrate_batchnorm(create_model(name, kernels, num_classes), image_size=112, seed=seed)

@@ -103,3 +103,6 @@ class EcaResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+BLOCKS = {"basic": EcaBasicBlock, "bottleneck": EcaBottleneck}  # the registry's block names (models/specs.py)

@@ -15,14 +15,10 @@ import onnx_graphsurgeon as gs
 from onnx import helper
 
 from eca_deploy.errors import EcaDeployError, first_line
-from eca_deploy.passes.fused_node import (
-    default_opset,
-    is_fallback_function,
-    make_eca_function,
-    make_eca_node,
-)
+from eca_deploy.passes.fused_node import (WRAP_PAD_MIN_OPSET, default_opset, is_fallback_function, is_fused_eca_node,
+                                         make_eca_function, make_eca_node)
 from eca_deploy.passes.matcher import EcaMatch, TensorType, find_eca_blocks, label
-from eca_deploy.passes.report import FusedBlock, FusionReport
+from eca_deploy.passes.report import FusedBlock, FusionReport, NearMiss
 from eca_deploy.schema import eca_schema
 
 SKELETON_MAX_ELEMENTS = 4096  # initializers up to this size keep their values in the skeleton
@@ -44,17 +40,25 @@ def fuse_eca(model: onnx.ModelProto, *, verify: bool = True) -> tuple[onnx.Model
         raise EcaDeployError(f"the input model is not a valid ONNX model: {error}") from error
     graph = gs.import_onnx(model)
     graph.import_domains = list(graph.import_domains)  # graphsurgeon would append to the input model's list
-    matches, near_misses = find_eca_blocks(graph, _tensor_types(skeleton), opset)
-    report = FusionReport(near_misses=near_misses)
-    if not matches:
+    report = FusionReport()
+    node_names, tensor_names = {node.name for node in graph.nodes}, set(graph.tensors())
+    types = _tensor_types(skeleton)
+    while True:  # until a round fuses nothing new (see _fused_types)
+        matches, report.near_misses = find_eca_blocks(graph, types, opset)
+        matches, report.near_misses = _one_function_pad_mode(matches, report.near_misses, opset,
+                                                             {block.pad_mode for block in report.fused})
+        for match in matches:
+            report.fused.append(_replace(graph, match, node_names, tensor_names))
+        if not matches or not report.near_misses:
+            break
+        graph.cleanup().toposort()
+        types = _tensor_types(_skeleton(_fused_types(gs.export_onnx(graph))))
+    if not report.fused:
         unchanged = onnx.ModelProto()
         unchanged.CopyFrom(model)
         return unchanged, report
-    node_names, tensor_names = {node.name for node in graph.nodes}, set(graph.tensors())
-    for match in matches:
-        report.fused.append(_replace(graph, match, node_names, tensor_names))
     graph.cleanup().toposort()
-    fused = _export(graph, model, opset)
+    fused = _export(graph, model, opset, report.fused[0].pad_mode)
     if verify:
         _check(_skeleton(fused), full=True, what="the fused model")
     return fused, report
@@ -92,8 +96,39 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _export(graph: gs.Graph, original: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """The graph as a model with the original's I/O declarations and metadata, plus the EcaAttention function."""
+def _fused_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every EcaAttention node replaced by an Identity of its x, for shape inference.
+
+    Shape inference loses the shapes after some exporters' ECA blocks (opset 13's Reshape of a Shape
+    chain with a symbolic batch), so the blocks behind them look like tensors of unknown rank. A fused
+    block's output is shaped like its input; with that stand-in, inference reaches the next blocks.
+    """
+    for index, node in enumerate(model.graph.node):
+        if is_fused_eca_node(node):
+            model.graph.node[index].CopyFrom(helper.make_node("Identity", [node.input[0]], list(node.output),
+                                                              name=node.name))
+    return model
+
+
+def _one_function_pad_mode(matches: list[EcaMatch], near_misses: list[NearMiss], opset: int,
+                           fused_modes: set[str]) -> tuple[list[EcaMatch], list[NearMiss]]:
+    """Below opset 19 one fallback function serves one pad mode (make_eca_function): in a model that mixes
+    zero and circular padding, the blocks of the mode not already fused (circular, if neither) stay
+    unfused, as near-misses."""
+    modes = fused_modes or {match.pad_mode for match in matches}
+    if opset >= WRAP_PAD_MIN_OPSET or not modes:
+        return matches, near_misses
+    kept = "constant" if "constant" in modes else "wrap"
+    reason = (f"circular and zero-padded ECA blocks in one model need opset >= {WRAP_PAD_MIN_OPSET} for their "
+              f"shared fallback function (model has {opset}); only the {kept} ones were fused")
+    return ([match for match in matches if match.pad_mode == kept],
+            near_misses + [NearMiss(nodes=tuple(label(n) for n in (m.mul, *m.nodes)), reason=reason)
+                           for m in matches if m.pad_mode != kept])
+
+
+def _export(graph: gs.Graph, original: onnx.ModelProto, opset: int, pad_mode: str) -> onnx.ModelProto:
+    """The graph as a model with the original's I/O declarations and metadata, plus the EcaAttention function
+    (for ``pad_mode``, the mode of the fused blocks, where the opset needs one function per mode)."""
     model = gs.export_onnx(graph)
     for values in ("input", "output"):  # graphsurgeon may retype I/O from stale value_info entries
         declared = getattr(model.graph, values)
@@ -101,7 +136,7 @@ def _export(graph: gs.Graph, original: onnx.ModelProto, opset: int) -> onnx.Mode
         declared.extend(getattr(original.graph, values))
     kept = [f for f in model.functions if not is_fallback_function(f)]
     del model.functions[:]
-    model.functions.extend([*kept, make_eca_function(opset)])
+    model.functions.extend([*kept, make_eca_function(opset, pad_mode)])
     model.ir_version = max(original.ir_version, FUNCTIONS_MIN_IR_VERSION)
     model.doc_string, model.domain, model.model_version = original.doc_string, original.domain, original.model_version
     model.metadata_props.extend(original.metadata_props)
@@ -130,7 +165,7 @@ def _check(skeleton: onnx.ModelProto, *, full: bool, what: str) -> None:
 
 def _tensor_types(skeleton: onnx.ModelProto) -> dict[str, TensorType]:
     """dtype and shape of every tensor that shape inference can type."""
-    graph = onnx.shape_inference.infer_shapes(skeleton).graph
+    graph = onnx.shape_inference.infer_shapes(skeleton, data_prop=True).graph
     types = {}
     for value in [*graph.input, *graph.value_info, *graph.output]:
         tensor = value.type.tensor_type

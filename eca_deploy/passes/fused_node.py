@@ -47,20 +47,29 @@ def _int64_constant(name: str, values: list[int]) -> onnx.NodeProto:
                             value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
 
 
-def make_eca_function(opset: int) -> onnx.FunctionProto:
+def make_eca_function(opset: int, pad_mode: str | None = None) -> onnx.FunctionProto:
     """The plain ECA computation as a model-local function for a model of ai.onnx ``opset``.
 
-    GlobalAveragePool -> Reshape [N, 1, C] -> Pad by (k-1)/2 on the channel axis (k read from the
-    weight's shape; mode bound to the node's ``pad_mode`` from opset 19, zero padding before) ->
-    Conv -> Sigmoid -> Reshape [N, C, 1, 1] -> Mul with x.
+    GlobalAveragePool -> Reshape [N, 1, C] -> pad the channel axis by (k-1)/2 (k read from the
+    weight's shape) -> Conv -> Sigmoid -> Reshape [N, C, 1, 1] -> Mul with x. From opset 19 a Pad
+    binds its mode to the node's ``pad_mode``, so one function serves both modes. Below 19 Pad has
+    no "wrap" mode and ONNX cannot compare strings, so the function serves one ``pad_mode`` for the
+    whole model: zero padding with Pad, or circular padding as a Gather of channel indices taken
+    modulo C (numpy's "wrap", for any k).
     """
     schema = eca_schema()
     x, weight = schema.inputs
     (y,) = schema.outputs
     _, pad_attr = schema.attributes
-    pad = helper.make_node("Pad", ["sequence", "pads"], ["padded"])
     if opset >= WRAP_PAD_MIN_OPSET:
-        pad.attribute.append(helper.make_attribute_ref("mode", onnx.AttributeProto.STRING, ref_attr_name=pad_attr))
+        pad = [helper.make_node("Pad", ["sequence", "pads"], ["padded"])]
+        pad[0].attribute.append(helper.make_attribute_ref("mode", onnx.AttributeProto.STRING, ref_attr_name=pad_attr))
+    elif pad_mode in (None, "constant"):
+        pad = [helper.make_node("Pad", ["sequence", "pads"], ["padded"])]
+    elif pad_mode == "wrap":
+        pad = _circular_padding()
+    else:
+        raise ValueError(f"pad_mode must be one of {schema.pad_modes}, got {pad_mode!r}")
     nodes = [
         helper.make_node("GlobalAveragePool", [x], ["pooled"]),
         _int64_constant("sequence_shape", [0, 1, -1]),
@@ -75,7 +84,7 @@ def make_eca_function(opset: int) -> onnx.FunctionProto:
         helper.make_node("Div", ["kernel_minus_one", "two"], ["half"]),
         _int64_constant("no_pads", [0, 0]),
         helper.make_node("Concat", ["no_pads", "half", "no_pads", "half"], ["pads"], axis=0),
-        pad,
+        *pad,
         helper.make_node("Conv", ["padded", weight], ["logits"]),
         helper.make_node("Sigmoid", ["logits"], ["gate"]),
         _int64_constant("gate_shape", [0, -1, 1, 1]),
@@ -85,6 +94,23 @@ def make_eca_function(opset: int) -> onnx.FunctionProto:
     attributes = list(eca_node_attributes(1, schema.pad_modes[0]))
     return helper.make_function(schema.domain, schema.name, [x, weight], [y], nodes,
                                 [helper.make_opsetid("", opset)], attributes)
+
+
+def _circular_padding() -> list[onnx.NodeProto]:
+    """``padded`` = ``sequence`` (N x 1 x C) with channels -half .. C + half - 1 taken modulo C (opset >= 13)."""
+    return [
+        helper.make_node("Shape", ["sequence"], ["sequence_shape_now"]),
+        helper.make_node("Slice", ["sequence_shape_now", "two", "kernel_axis_end"], ["channels"]),
+        _int64_constant("scalar_axes", [0]),
+        helper.make_node("Squeeze", ["channels", "scalar_axes"], ["channel_count"]),
+        helper.make_node("Squeeze", ["half", "scalar_axes"], ["half_scalar"]),
+        helper.make_node("Neg", ["half_scalar"], ["first_index"]),
+        helper.make_node("Add", ["channel_count", "half_scalar"], ["end_index"]),
+        helper.make_node("Squeeze", ["one", "scalar_axes"], ["step"]),
+        helper.make_node("Range", ["first_index", "end_index", "step"], ["indices"]),
+        helper.make_node("Mod", ["indices", "channel_count"], ["wrapped"]),  # fmod=0: the divisor's sign
+        helper.make_node("Gather", ["sequence", "wrapped"], ["padded"], axis=2),
+    ]
 
 
 def make_eca_node(name: str, x: gs.Tensor, weight: gs.Constant, y: gs.Tensor, pad_mode: str) -> gs.Node:

@@ -16,7 +16,6 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from eca_deploy.passes import layout as lay
-from eca_deploy.passes.fused_node import WRAP_PAD_MIN_OPSET
 from eca_deploy.passes.layout import ONE, X_LAYOUT, Dims, Layout, NotEca
 from eca_deploy.passes.report import NearMiss
 from eca_deploy.passes.values import (constant_ints, constant_value, is_constant, optional_input, producer,
@@ -65,7 +64,7 @@ def find_eca_blocks(graph: gs.Graph, types: dict[str, TensorType],
                     opset: int) -> tuple[list[EcaMatch], list[NearMiss]]:
     """Every ECA block of ``graph`` and every near-miss, in graph order."""
     matches, near_misses = [], []
-    context = _Context(graph, types, opset)
+    context = _Context(graph, types, opset, _static_batch(graph, types))
     for mul in [node for node in graph.nodes if node.op == "Mul" and node.domain in (None, "", "ai.onnx")]:
         result = _match_mul(mul, context)
         if isinstance(result, EcaMatch):
@@ -80,6 +79,15 @@ class _Context:
     graph: gs.Graph
     types: dict[str, TensorType]
     opset: int
+    static_batch: int | None  # the batch every graph input fixes, if they all do
+
+
+def _static_batch(graph: gs.Graph, types: dict[str, TensorType]) -> int | None:
+    """The batch size of a model whose every input has one static, common leading dim (a static-batch
+    export): the N of every feature map, even where shape inference lost it."""
+    batches = {types[t.name].shape[0] if t.name in types and types[t.name].shape else None for t in graph.inputs}
+    (batch,) = batches if len(batches) == 1 else (None,)
+    return batch if isinstance(batch, int) else None
 
 
 def _match_mul(mul: gs.Node, context: _Context) -> EcaMatch | NearMiss | None:
@@ -155,7 +163,10 @@ class _Chain:
         source_type = context.types.get(self.source.name)
         if source_type is None or source_type.shape is None or len(source_type.shape) != len(X_LAYOUT):
             raise NotEca(f"the pooled tensor {self.source.name} is not known to be 4D")
-        self.dims = Dims({axis: d if isinstance(d, int) else None for axis, d in zip(X_LAYOUT, source_type.shape)})
+        sizes = {axis: d if isinstance(d, int) else None for axis, d in zip(X_LAYOUT, source_type.shape)}
+        if sizes["N"] is None:
+            sizes["N"] = context.static_batch
+        self.dims = Dims(sizes)
         self.symbols = {d: axis for axis, d in zip(X_LAYOUT, source_type.shape) if isinstance(d, str)}
         self.layouts: dict[str, Layout] = {t.name: X_LAYOUT for t in (self.source, self.x, _cast_root(self.x))}
         self.members = list(chain)
@@ -172,9 +183,6 @@ class _Chain:
             self.layouts[node.outputs[0].name] = layout
         self._check_gate_alignment(layout)
         self._check_exclusive()
-        if self.pad_mode == "wrap" and self.context.opset < WRAP_PAD_MIN_OPSET:
-            raise NotEca(f"circular padding needs opset >= {WRAP_PAD_MIN_OPSET} for the fallback function "
-                         f"(model has {self.context.opset})")
         if self.context.opset < MIN_OPSET:
             raise NotEca(f"opset {self.context.opset} is below {MIN_OPSET}")
         x_type = self.context.types.get(self.x.name)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from eca_deploy.errors import EcaDeployError
+from eca_deploy.options import TENSORRT_FLAVOURS as FLAVOURS
 
-FLAVOURS = ("tensorrt", "tensorrt_rtx")
 AOT_MIN_VERSION = (10, 9)
 INSTALL_HINTS = {"tensorrt": "pip install 'eca-deploy[trt]' (tensorrt)",
                  "tensorrt_rtx": "pip install 'eca-deploy[rtx]' (tensorrt-rtx-cu13)"}

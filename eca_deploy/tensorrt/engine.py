@@ -25,9 +25,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eca_deploy._io import staged_outputs, write_text_atomic
+from eca_deploy._io import check_output_dir, staged_outputs, write_text_atomic
 from eca_deploy.errors import EcaDeployError, PluginNotUsedError
 from eca_deploy.onnx_files import load_graph, onnx_precision
+from eca_deploy.options import PRECISION_ROUTES
 from eca_deploy.passes.fused_node import (
     count_fused_nodes,
     without_fallback_function,
@@ -47,7 +48,6 @@ from eca_deploy.tensorrt.plugin_library import (
     resolve_plugin_library,
 )
 
-PRECISION_ROUTES = ("strongly-typed", "builder-flag")
 DEFAULT_CACHE_DIR = cache_root() / "engines"
 PLUGIN_LAYER_TYPES = ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3")
 
@@ -300,6 +300,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     if plugin.mode == "fallback-function":
         progress.info(f"  no plugin library: {fused} EcaAttention nodes run as native layers (their ONNX function)")
 
+    if cache_dir is not None:
+        try:
+            check_output_dir(cache_dir, "engine cache")
+        except EcaDeployError as error:
+            progress.info(f"  {error}; building without the engine and timing caches (--cache-dir chooses another)")
+            cache_dir = None
     key = engine_cache_key(onnx_path, trt, precision, precision_route, profile, plugin)
     cached = cache_dir / f"{key}.engine" if cache_dir is not None else None
     cached_layers = cached.with_suffix(".layers.json") if cached is not None else None

@@ -1,0 +1,25 @@
+"""Choices and defaults the command line offers, free of heavy imports so that ``--help`` is instant.
+
+The modules that implement them (export, tensorrt, harness) import them from here.
+"""
+
+from __future__ import annotations
+
+DEFAULT_SOURCE = "eca_mobilenet_v2"  # what eca-export, validate and bench load without SOURCE
+
+# Export (eca_deploy.export): names of the exported model's input, output and batch dimension, and options
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+BATCH_DIM = "batch"
+DEFAULT_OPSET = 18
+MIN_OPSET = 13
+DYNAMO_MIN_OPSET = 18
+EXPORTERS = ("dynamo", "legacy")
+PRECISIONS = ("fp32", "fp16")
+
+# Engines (eca_deploy.tensorrt)
+TENSORRT_FLAVOURS = ("tensorrt", "tensorrt_rtx")
+PRECISION_ROUTES = ("strongly-typed", "builder-flag")
+
+# Power sampling on Jetson (eca_deploy.harness.environment)
+POWER_SOURCES = ("auto", "sysfs", "tegrastats", "none")
