@@ -3,11 +3,12 @@
 ``write_triton_repository(repo, "model.eca.onnx", engine_path="model.engine", plugin_library=...)``
 writes up to three models, each a directory Triton loads as it is:
 
-``<name>_tensorrt``  (only with an engine) platform ``tensorrt_plan``: ``1/model.plan`` and the
-                     self-registering plugin library beside ``config.pbtxt``. Triton's TensorRT
+``<name>_tensorrt``  (only with a TensorRT engine) platform ``tensorrt_plan``: ``1/model.plan`` and
+                     the self-registering plugin library beside ``config.pbtxt``. Triton's TensorRT
                      backend only ``dlopen()``s plugin libraries, so it loads
                      ``libeca_plugin_autoreg.so`` via ``--backend-config=tensorrt,plugins=...``
-                     or ``LD_PRELOAD``.
+                     or ``LD_PRELOAD``. TensorRT-RTX plans (tag ``vtrt``) are not written: that
+                     backend cannot load them.
 ``<name>_onnx``      platform ``onnxruntime_onnx``: the fused ONNX (its EcaAttention nodes run
                      through their model-local function). CPU by default; ``onnx_device="gpu"``
                      adds the TensorRT execution provider with our plugin
@@ -16,8 +17,13 @@ writes up to three models, each a directory Triton loads as it is:
                      Triton's Python backend (servers without the onnxruntime backend, such as the
                      one bundled with nvidia-pytriton; request validation included).
 
+A variant the server could not load (a TensorRT-RTX plan; ONNX Runtime without the plugin given a
+fused model without its fallback function) is refused when asked for by name and otherwise left
+out, with the reason in the result's ``skipped`` and in the README.
+
 Every model has dynamic batching, the ONNX model's input/output names, dims and types, and
-``max_batch_size``. A ``<name>.README.md`` at the repository root says how to serve and query it.
+``max_batch_size``. A ``<name>.README.md`` at the repository root says what each model holds and
+how to install, serve and query it.
 Generated configs are parsed with Triton's own protobuf schema (``model_config_pb2`` from
 tritonclient) when it is installed.
 """
@@ -25,18 +31,19 @@ tritonclient) when it is installed.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from eca_deploy._io import staged_outputs
 from eca_deploy.errors import EcaDeployError, first_line
+from eca_deploy.passes.fused_node import count_fused_nodes, is_fallback_function
+from eca_deploy.runtime.trt import engine_flavour
 from eca_deploy.tensorrt.plugin_library import AUTOREG_LIBRARY, is_self_registering
 
 VARIANTS = ("tensorrt", "onnx", "python")
@@ -45,7 +52,8 @@ TRT_PRECISIONS = ("FP32", "FP16")
 DEFAULT_QUEUE_DELAY_US = 100
 _TRITON_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                  onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.DOUBLE: "TYPE_FP64"}
-_PYTHON_MODEL = Path(__file__).resolve().parent / "runtime" / "triton_python_model.py"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_PYTHON_MODEL = _PACKAGE_DIR / "runtime" / "triton_python_model.py"
 
 
 class _Enum(str):
@@ -62,19 +70,46 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class OnnxModel:
+    """What the ONNX file holds, as far as serving it is concerned."""
+
+    input: TensorInfo
+    output: TensorInfo
+    external_data: tuple[str, ...]
+    fused_nodes: int
+    has_fallback: bool
+
+    @property
+    def plugin_only(self) -> bool:
+        """Fused nodes without their fallback function: they run only where the plugin is loaded."""
+        return self.fused_nodes > 0 and not self.has_fallback
+
+    def describe(self) -> str:
+        """``fused ONNX (17 EcaAttention nodes ...)``, ``plain ONNX (...)`` or ``plugin-only fused ONNX (...)``."""
+        nodes = f"{self.fused_nodes} EcaAttention node{'s' if self.fused_nodes != 1 else ''}"
+        if not self.fused_nodes:
+            return "plain ONNX (no EcaAttention nodes: its ECA blocks stay native ONNX operators)"
+        if self.plugin_only:
+            return f"plugin-only fused ONNX ({nodes} without their fallback function: they run only on the plugin)"
+        return f"fused ONNX ({nodes}, each with its fallback function of native ONNX operators)"
+
+
+@dataclass(frozen=True)
 class TritonRepository:
-    """What was written: the repository root, model name per variant, files and whether the schema checked them."""
+    """What was written: the repository root, model name per variant, files, whether the schema checked
+    them, and the variants left out with the reason."""
 
     root: Path
     models: dict[str, str]
     files: tuple[str, ...]
     schema_validated: bool
     readme: Path | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"root": str(self.root), "models": dict(self.models), "files": list(self.files),
                 "schema_validated": self.schema_validated,
-                "readme": None if self.readme is None else self.readme.name}
+                "readme": None if self.readme is None else self.readme.name, "skipped": dict(self.skipped)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,8 +192,9 @@ def validate_model_config(text: str, expected_name: str | None = None):
 # Reading the model
 
 
-def onnx_io(onnx_path: Path) -> tuple[TensorInfo, TensorInfo, list[str]]:
-    """Input and output of an exported model (dims without the batch axis) and its external data files."""
+def read_onnx_model(onnx_path: Path) -> OnnxModel:
+    """Input and output of an exported model (dims without the batch axis), its external data files and
+    its EcaAttention nodes."""
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as error:
@@ -182,7 +218,8 @@ def onnx_io(onnx_path: Path) -> tuple[TensorInfo, TensorInfo, list[str]]:
     external = sorted({entry.value for init in model.graph.initializer
                        if init.data_location == onnx.TensorProto.EXTERNAL
                        for entry in init.external_data if entry.key == "location"})
-    return infos[0], infos[1], external
+    return OnnxModel(infos[0], infos[1], tuple(external), fused_nodes=count_fused_nodes(model),
+                     has_fallback=any(is_fallback_function(function) for function in model.functions))
 
 
 def triton_model_name(name: str) -> str:
@@ -264,60 +301,133 @@ def python_config(name: str, inp: TensorInfo, out: TensorInfo, *, max_batch_size
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# README
+# What each model holds, and what a server cannot load
 
 
-def _readme(name: str, models: dict[str, str], serving_root: str, plugin_names: dict[str, str],
-            inp: TensorInfo, out: TensorInfo, max_batch_size: int) -> str:
+def unservable_reason(variant: str, model: OnnxModel, engine: Path | None, onnx_device: str,
+                      plugin_given: bool) -> str | None:
+    """Why Triton could not load ``variant`` of these files, or None when it can."""
+    if variant == "tensorrt" and engine_flavour(engine) == "tensorrt_rtx":
+        return (f"{engine.name} is a TensorRT-RTX plan, which Triton's TensorRT backend cannot load; build the "
+                f"engine with TensorRT (eca-deploy build MODEL.onnx where TensorRT is installed) or run this plan "
+                f"with eca_deploy.runtime.EcaRuntime")
+    on_gpu_with_plugin = variant == "onnx" and onnx_device == "gpu" and plugin_given
+    if model.plugin_only and variant in ("onnx", "python") and not on_gpu_with_plugin:
+        runner = ("ONNX Runtime without the plugin library" if variant == "onnx" and onnx_device == "gpu"
+                  else "ONNX Runtime CPU")
+        return (f"{runner} cannot run EcaAttention nodes without their fallback function; give the fused model "
+                f"that keeps it (model.eca.onnx, not model.eca.plugin.onnx)")
+    return None
+
+
+@dataclass(frozen=True)
+class _Contents:
+    """What the README describes: the models written and left out, their files and where the server sees them."""
+
+    base: str
+    models: dict[str, str]
+    skipped: dict[str, str]
+    model: OnnxModel
+    plugin_names: dict[str, str]
+    onnx_device: str
+    serving_root: str
+    max_batch_size: int
+
+    def plugin_path(self, variant: str) -> str:
+        return f"{self.serving_root}/{self.models[variant]}/{self.plugin_names[variant]}"
+
+
+_PLATFORMS = {"tensorrt": ("`tensorrt_plan`", "GPU"), "onnx": ("`onnxruntime_onnx`", None),
+              "python": ("`python` backend", "CPU")}
+
+
+def _holds(variant: str, contents: _Contents) -> str:
+    """One sentence: what the model's files are and how its EcaAttention nodes run."""
+    plugin = contents.plugin_names.get(variant)
+    if variant == "tensorrt":
+        layers = (f"its EcaAttention plugin layers, if it has any, run on `{plugin}` (copied beside the config)"
+                  if plugin else "no plugin library was given, so the plan must hold native layers only or embed "
+                                 "the plugin")
+        return f"a TensorRT plan (its tag says TensorRT, not TensorRT-RTX); {layers}"
+    described = contents.model.describe()
+    if variant == "python":
+        return f"{described}, run by `eca_deploy.runtime` on ONNX Runtime CPU with request checks"
+    if contents.onnx_device == "cpu":
+        return f"{described}, run by ONNX Runtime CPU"
+    library = f"with `{plugin}` (copied beside the config)" if plugin else "without a plugin library"
+    return f"{described}, run by ONNX Runtime's TensorRT execution provider {library}"
+
+
+def _source_checkout() -> Path | None:
+    """The eca-deploy checkout this module runs from (an editable install), or None for an installed wheel."""
+    root = _PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def _readme(contents: _Contents) -> str:
+    inp, out, models, root = contents.model.input, contents.model.output, contents.models, contents.serving_root
     shape = " x ".join(str(d) for d in inp.dims)
-    lines = [f"# Triton models for {name}", "",
+    lines = [f"# Triton models for {contents.base}", "",
              f"Written by eca-deploy. Input `{inp.name}`: N x {shape} {inp.data_type.removeprefix('TYPE_')} "
-             f"(N <= {max_batch_size}, ImageNet-normalized RGB); output `{out.name}`: N x {out.dims[0]} logits.", "",
-             "| model | runs on | what |", "|---|---|---|"]
-    what = {"tensorrt": ("GPU", "TensorRT engine with the EcaAttention plugin (`tensorrt_plan`)"),
-            "onnx": ("CPU or GPU", "fused ONNX on the onnxruntime backend (`onnxruntime_onnx`)"),
-            "python": ("CPU", "fused ONNX through `eca_deploy.runtime` on the Python backend")}
-    lines += [f"| `{model}` | {what[variant][0]} | {what[variant][1]} |" for variant, model in models.items()]
-    lines += ["", f"Paths below assume the server sees this repository at `{serving_root}`.", ""]
-    if "tensorrt" in models:
-        model = models["tensorrt"]
-        lines += ["## TensorRT plan", "",
-                  "The engine only runs with the TensorRT version and GPU it was built for (unless it was built "
-                  "version- and hardware-compatible)."]
-        if "tensorrt" in plugin_names:
-            plugin = f"{serving_root}/{model}/{plugin_names['tensorrt']}"
-            lines += ["Triton's TensorRT backend only `dlopen()`s plugin libraries, so it loads the self-registering "
-                      "one copied beside the config. Either:", "", "```bash",
-                      f"tritonserver --model-repository={serving_root} \\",
-                      f"    --backend-config=tensorrt,plugins=\"{plugin}\"",
-                      "# or",
-                      f"LD_PRELOAD={plugin} tritonserver --model-repository={serving_root}", "```", ""]
-        else:
-            lines += ["No plugin library was given: the engine must not need one (plain ONNX, or the plugin "
-                      "serialized into a version-compatible plan, served with "
-                      "`--backend-config=tensorrt,version-compatible=true`).", ""]
-    if "onnx" in models:
-        lines += ["## ONNX Runtime", "",
-                  f"`{models['onnx']}` runs the fused model on the onnxruntime backend; the EcaAttention nodes run "
-                  "through their model-local function, so no plugin is needed on CPU."]
-        if "onnx" in plugin_names:
-            lines += ["Its GPU instances use the TensorRT execution provider, which loads the plugin library named in "
-                      "`trt_extra_plugin_lib_paths` (copied beside the config)."]
-        lines += [""]
+             f"(N <= {contents.max_batch_size}, ImageNet-normalized RGB); output `{out.name}`: N x {out.dims[0]} "
+             f"logits.", "", "| model | platform | runs on | holds |", "|---|---|---|---|"]
+    for variant, model in models.items():
+        platform, device = _PLATFORMS[variant]
+        device = device or contents.onnx_device.upper()
+        lines.append(f"| `{model}` | {platform} | {device} | {_holds(variant, contents)} |")
+    lines.append("")
+    if contents.skipped:
+        lines += ["Not written:", ""]
+        lines += [f"- `{contents.base}_{variant}`: {reason}." for variant, reason in contents.skipped.items()]
+        lines.append("")
+
     if "python" in models:
-        lines += ["## Python backend", "",
-                  f"`{models['python']}` serves the fused model through `eca_deploy.runtime` (ONNX Runtime CPU) and "
-                  "checks every request (shape, dtype, NaN/Inf). The Python environment of Triton's Python backend "
-                  "needs eca-deploy installed (`pip install eca-deploy`). Servers without the onnxruntime backend, "
-                  "such as the one bundled with nvidia-pytriton, serve this model.", ""]
-    some_model = next(iter(models.values()))
+        checkout = _source_checkout()
+        where = str(checkout) if checkout else "/path/to/eca-deploy"
+        lines += ["## Install", "",
+                  f"`{models['python']}` imports eca-deploy inside Triton's Python backend, so the Python environment "
+                  "its stub runs needs it. eca-deploy is not on the package index: install it from a clone of its "
+                  "repository" + (f" (this repository was written from the checkout at `{checkout}`)" if checkout
+                                  else "") + ":", "", "```bash",
+                  f"pip install {where}    # or: pip install -e {where}, to edit the checkout in place", "```", ""]
+
+    command = [f"tritonserver --model-repository={root}"]
+    if "tensorrt" in contents.plugin_names:
+        command.append(f'--backend-config=tensorrt,plugins="{contents.plugin_path("tensorrt")}"')
+    lines += ["## Serve", "", f"Paths below assume the server sees this repository at `{root}`.", "", "```bash",
+              " \\\n    ".join(command), "```", "",
+              "It answers HTTP on port 8000 and gRPC on 8001; "
+              f"`curl localhost:8000/v2/models/{next(iter(models.values()))}/ready` says when a model is loaded.", ""]
+    if "tensorrt" in models:
+        lines += ["The plan only runs with the TensorRT version and GPU it was built for (unless it was built "
+                  "version- and hardware-compatible); its layers are not inspected here."]
+        if "tensorrt" in contents.plugin_names:
+            lines += ["Triton's TensorRT backend only `dlopen()`s plugin libraries: `--backend-config` above loads "
+                      "the self-registering one copied beside the config; "
+                      f"`LD_PRELOAD={contents.plugin_path('tensorrt')}` does the same."]
+        else:
+            lines += ["A plan that embeds the plugin (version-compatible) also needs "
+                      "`--backend-config=tensorrt,version-compatible=true`."]
+        lines.append("")
+    if "onnx" in models:
+        lines += [f"`{models['onnx']}` needs the server's onnxruntime backend (the Triton containers have it; the "
+                  "server bundled with nvidia-pytriton has only the Python backend)."]
+        if "onnx" in contents.plugin_names:
+            lines += ["Its TensorRT execution provider loads the plugin library named in `trt_extra_plugin_lib_paths` "
+                      "itself: no server flag is needed for it."]
+        lines.append("")
+
     datatype = inp.data_type.removeprefix("TYPE_")
     lines += ["## Query", "", "```python", "import numpy as np", "import tritonclient.http as httpclient", "",
               'client = httpclient.InferenceServerClient("localhost:8000")',
               f'batch = np.zeros((2, {", ".join(map(str, inp.dims))}), dtype=np.float32)  # preprocessed images',
               f'request = httpclient.InferInput("{inp.name}", list(batch.shape), "{datatype}")',
               "request.set_data_from_numpy(batch)",
-              f'logits = client.infer("{some_model}", [request]).as_numpy("{out.name}")', "```", ""]
+              f'logits = client.infer("{next(iter(models.values()))}", [request]).as_numpy("{out.name}")', "```", "",
+              f"A request of the wrong shape or data type, or of more than {contents.max_batch_size} images, is "
+              "answered with HTTP 400 (gRPC INVALID_ARGUMENT) and the reason"
+              + (f"; `{models['python']}` also refuses NaN and Inf values that way" if "python" in models else "")
+              + ".", ""]
     return "\n".join(lines)
 
 
@@ -328,6 +438,13 @@ def _readme(name: str, models: dict[str, str], serving_root: str, plugin_names: 
 def _copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def write_triton_repository(repo_dir: str | Path, onnx_path: str | Path, *, engine_path: str | Path | None = None,
@@ -343,14 +460,17 @@ def write_triton_repository(repo_dir: str | Path, onnx_path: str | Path, *, engi
     Args:
         repo_dir: the model repository (created; other models in it are left alone, ours replaced).
         onnx_path: the fused ONNX model (``*.eca.onnx``; plain ONNX works too).
-        engine_path: a serialized TensorRT engine built from it: adds ``<name>_tensorrt``.
+        engine_path: a serialized TensorRT engine built from it: adds ``<name>_tensorrt`` (TensorRT-RTX
+            plans are left out, see ``variants``).
         plugin_library: ``libeca_plugin_autoreg.so`` (or ``libeca_plugin.so`` with the autoreg one beside it),
             copied beside the configs that load it.
         model_name: base model name (default: the ONNX file's stem without ``.eca``).
         max_batch_size: Triton's ``max_batch_size``; must be within the engine's profile.
         opt_batch: the batch the TensorRT execution provider's profile is tuned for (default ``max_batch_size``).
         preferred_batch_sizes, max_queue_delay_us: the dynamic batcher's settings.
-        variants: which of ``tensorrt``, ``onnx``, ``python`` to write (default: all that apply).
+        variants: which of ``tensorrt``, ``onnx``, ``python`` to write. Default: all that apply, leaving out
+            (with the reason in ``skipped``) those the server could not load; named here, such a variant is
+            an error.
         onnx_device: ``cpu`` or ``gpu`` (TensorRT execution provider, with the plugin when given).
         onnx_trt_precision: ``FP32`` or ``FP16`` for the TensorRT execution provider.
         instances: model instances per device (TensorRT and ONNX Runtime variants).
@@ -385,23 +505,33 @@ def write_triton_repository(repo_dir: str | Path, onnx_path: str | Path, *, engi
     if "tensorrt" in chosen and engine is None:
         raise EcaDeployError("the tensorrt variant needs engine_path")
 
-    inp, out, external = onnx_io(onnx_path)
+    model = read_onnx_model(onnx_path)
+    inp, out = model.input, model.output
     if class_names is not None and len(class_names) != out.dims[0]:
         raise EcaDeployError(f"{len(class_names)} class names for {out.dims[0]} classes")
+    plugin = Path(plugin_library) if plugin_library is not None else None
+    skipped: dict[str, str] = {}
+    for variant in chosen:
+        reason = unservable_reason(variant, model, engine, onnx_device, plugin_given=plugin is not None)
+        if reason is not None and variants is not None:
+            raise EcaDeployError(f"cannot write the {variant} variant: {reason}")
+        if reason is not None:
+            skipped[variant] = reason
+    chosen = [v for v in chosen if v not in skipped]
+    if not chosen:
+        raise EcaDeployError(f"Triton could load none of the models: {'; '.join(skipped.values())}")
     base = triton_model_name(model_name or onnx_path.name.removesuffix(".onnx").removesuffix(".eca"))
     names = {variant: f"{base}_{variant}" for variant in chosen}
-    plugin = Path(plugin_library) if plugin_library is not None else None
     triton_plugin = _triton_plugin(plugin) if plugin is not None and (
         "tensorrt" in chosen or ("onnx" in chosen and onnx_device == "gpu")) else None
     root_seen = (serving_root or str(repo_dir.resolve())).rstrip("/") or "/"
     common = dict(max_batch_size=max_batch_size, preferred=list(preferred_batch_sizes),
                   queue_delay_us=max_queue_delay_us, labels=class_names is not None)
 
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".eca-triton-", dir=repo_dir))
     plugin_names: dict[str, str] = {}
     configs: dict[str, dict] = {}
-    try:
+    readme = f"{base}.README.md"
+    with staged_outputs(repo_dir) as staging:
         for variant, name in names.items():
             model_dir = staging / name
             if variant == "tensorrt":
@@ -409,7 +539,7 @@ def write_triton_repository(repo_dir: str | Path, onnx_path: str | Path, *, engi
                 configs[name] = tensorrt_config(name, inp, out, instances=instances, **common)
             else:
                 _copy(onnx_path, model_dir / "1" / "model.onnx")
-                for location in external:
+                for location in model.external_data:
                     _copy(onnx_path.parent / location, model_dir / "1" / location)
                 if variant == "python":
                     _copy(_PYTHON_MODEL, model_dir / "1" / "model.py")
@@ -431,18 +561,11 @@ def write_triton_repository(repo_dir: str | Path, onnx_path: str | Path, *, engi
             text = format_pbtxt(config) + "\n"
             validated &= validate_model_config(text, expected_name=name) is not None
             (staging / name / "config.pbtxt").write_text(text)
-        readme = f"{base}.README.md"
-        (staging / readme).write_text(_readme(base, names, root_seen, plugin_names, inp, out, max_batch_size))
-
+        contents = _Contents(base=base, models=names, skipped=skipped, model=model, plugin_names=plugin_names,
+                             onnx_device=onnx_device, serving_root=root_seen, max_batch_size=max_batch_size)
+        (staging / readme).write_text(_readme(contents))
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        for item in sorted(staging.iterdir()):
-            target = repo_dir / item.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-            os.replace(item, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for item in staging.iterdir():  # ours replace the previous ones as the block ends; other models stay
+            _remove(repo_dir / item.name)
     return TritonRepository(root=repo_dir, models=names, files=tuple(files), schema_validated=validated,
-                            readme=repo_dir / readme)
+                            readme=repo_dir / readme, skipped=skipped)

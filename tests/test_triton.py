@@ -6,14 +6,19 @@ onnxruntime or TensorRT backend, so it serves the ``<name>_python`` model (the f
 ``eca_deploy.runtime``); the ONNX Runtime variant is served when the server has that backend and
 skipped with the server's reason otherwise. Queries go through tritonclient's HTTP client.
 
-Configs are parsed with Triton's own schema (``tritonclient.grpc.model_config_pb2``). The plan
-variant uses a real engine built by TensorRT-RTX from the fused ONNX on the CPU.
+Configs are parsed with Triton's own schema (``tritonclient.grpc.model_config_pb2``). A real engine
+built by TensorRT-RTX from the fused ONNX on the CPU shows that RTX plans are never written as
+``tensorrt_plan`` models; the plan variant itself is written from a file with TensorRT's plan tag (the
+writer reads only the tag, and full TensorRT cannot be installed here). The server is started with the
+command line of the generated README.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -29,10 +34,13 @@ import onnx
 import pytest
 import torch
 
+from cli_checks import read_only_dir, tree
 from plugin_build import PLUGIN_LIBRARY, plugin_build
 from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo_64
 
 from eca_deploy.errors import EcaDeployError
+from eca_deploy.onnx_files import save_onnx
+from eca_deploy.passes.fused_node import without_fallback_function
 from eca_deploy.triton_repo import format_pbtxt, validate_model_config, write_triton_repository
 
 MAX_BATCH = 8
@@ -56,6 +64,37 @@ def _config(path: Path):
 def _reference(module, batch: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return module(torch.from_numpy(batch)).numpy()
+
+
+def _rows(readme: str) -> dict[str, str]:
+    """The README's model table: model name -> its row."""
+    return {match.group(1): match.group(0) for match in re.finditer(r"^\| `([\w.-]+)` \|.*$", readme, re.MULTILINE)}
+
+
+def _serve_command(readme: str) -> list[str]:
+    """The README's ``tritonserver`` command line as arguments."""
+    match = re.search(r"^```bash\n(tritonserver .*?)\n```", readme, re.MULTILINE | re.DOTALL)
+    assert match, readme
+    return shlex.split(match.group(1).replace("\\\n", " "))
+
+
+@pytest.fixture
+def tensorrt_plan(rtx_engine, tmp_path) -> Path:
+    """The RTX engine's bytes under TensorRT's plan tag: what the writer sees of a TensorRT engine."""
+    plan = tmp_path / "mnv2.engine"
+    plan.write_bytes(b"ftrt" + rtx_engine.read_bytes()[4:])
+    return plan
+
+
+@pytest.fixture
+def autoreg_library(tmp_path) -> Path:
+    """A self-registering library (a constructor, no getCreators) as Triton's TensorRT backend wants one."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build a stand-in self-registering library")
+    source, library = tmp_path / "autoreg.c", tmp_path / "libeca_plugin_autoreg.so"
+    source.write_text("__attribute__((constructor)) static void registration(void) {}\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return library
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -96,7 +135,10 @@ def test_onnx_and_python_variants_tree_and_configs(exported, tmp_path):
     assert "from eca_deploy.runtime import EcaRuntime" in (tmp_path / "repo/mnv2_python/1/model.py").read_text()
 
     readme = repo.readme.read_text()
-    assert "mnv2_onnx" in readme and "mnv2_python" in readme and "tritonclient" in readme
+    rows = _rows(readme)
+    assert "fused ONNX (17 EcaAttention nodes, each with its fallback function" in rows["mnv2_onnx"]
+    assert "run by ONNX Runtime CPU" in rows["mnv2_onnx"] and "CPU" in rows["mnv2_python"]
+    assert "tritonclient" in readme and repo.to_dict()["skipped"] == {}
 
     # Writing again replaces our models and keeps other models of the repository.
     (tmp_path / "repo/other_model").mkdir()
@@ -128,12 +170,12 @@ def rtx_engine(exported, tmp_path_factory):
     return build_rtx_engine(exported[1], tmp_path_factory.mktemp("rtx") / "mnv2.plan", max_batch=MAX_BATCH)
 
 
-def test_tensorrt_plan_variant(exported, rtx_engine, tmp_path):
+def test_tensorrt_plan_variant(exported, tensorrt_plan, tmp_path):
     _, fused_path = exported
-    repo = write_triton_repository(tmp_path / "repo", fused_path, engine_path=rtx_engine, max_batch_size=MAX_BATCH,
+    repo = write_triton_repository(tmp_path / "repo", fused_path, engine_path=tensorrt_plan, max_batch_size=MAX_BATCH,
                                    variants=["tensorrt"])
     assert set(repo.files) == {"mnv2.README.md", "mnv2_tensorrt/config.pbtxt", "mnv2_tensorrt/1/model.plan"}
-    assert (tmp_path / "repo/mnv2_tensorrt/1/model.plan").read_bytes() == rtx_engine.read_bytes()
+    assert (tmp_path / "repo/mnv2_tensorrt/1/model.plan").read_bytes() == tensorrt_plan.read_bytes()
     config = _config(tmp_path / "repo/mnv2_tensorrt/config.pbtxt")
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -142,17 +184,82 @@ def test_tensorrt_plan_variant(exported, rtx_engine, tmp_path):
     assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [NUM_CLASSES])]
     assert config.HasField("dynamic_batching")
     assert [g.kind for g in config.instance_group] == [pb.ModelInstanceGroup.KIND_GPU]
-    assert "version-compatible" in repo.readme.read_text()  # no plugin given: how plugin-free plans are served
+    readme = repo.readme.read_text()
+    row = _rows(readme)["mnv2_tensorrt"]
+    assert "`tensorrt_plan`" in row and "not TensorRT-RTX" in row and "no plugin library was given" in row
+    assert "version-compatible=true" in readme  # how plans that embed the plugin are served
+    assert _serve_command(readme) == ["tritonserver", f"--model-repository={(tmp_path / 'repo').resolve()}"]
 
 
-def test_plugin_library_must_be_loadable_by_triton(exported, rtx_engine, tmp_path):
+def test_tensorrt_plan_with_plugin_gets_a_complete_server_command(exported, tensorrt_plan, autoreg_library, tmp_path):
+    _, fused_path = exported
+    repo = write_triton_repository(tmp_path / "repo", fused_path, engine_path=tensorrt_plan,
+                                   plugin_library=autoreg_library, serving_root="/models")
+    assert repo.models == {"tensorrt": "mnv2_tensorrt", "onnx": "mnv2_onnx", "python": "mnv2_python"}
+    assert (tmp_path / "repo/mnv2_tensorrt/libeca_plugin_autoreg.so").read_bytes() == autoreg_library.read_bytes()
+    readme = repo.readme.read_text()
+    assert "run on `libeca_plugin_autoreg.so` (copied beside the config)" in _rows(readme)["mnv2_tensorrt"]
+    assert _serve_command(readme) == [
+        "tritonserver", "--model-repository=/models",
+        "--backend-config=tensorrt,plugins=/models/mnv2_tensorrt/libeca_plugin_autoreg.so"]
+
+
+def test_tensorrt_rtx_plans_are_never_tensorrt_plan_models(exported, rtx_engine, tmp_path):
+    """Triton's TensorRT backend cannot load TensorRT-RTX plans: left out with the reason, or refused when asked for."""
+    _, fused_path = exported
+    repo = write_triton_repository(tmp_path / "repo", fused_path, engine_path=rtx_engine, max_batch_size=MAX_BATCH)
+    assert repo.models == {"onnx": "mnv2_onnx", "python": "mnv2_python"}
+    assert not (tmp_path / "repo/mnv2_tensorrt").exists()
+    reason = repo.to_dict()["skipped"]["tensorrt"]
+    assert reason.startswith("mnv2.plan is a TensorRT-RTX plan, which Triton's TensorRT backend cannot load")
+    readme = repo.readme.read_text()
+    assert f"- `mnv2_tensorrt`: {reason}." in readme and "tensorrt_plan" not in readme
+    with pytest.raises(EcaDeployError, match=r"^cannot write the tensorrt variant: mnv2.plan is a TensorRT-RTX plan"):
+        write_triton_repository(tmp_path / "other", fused_path, engine_path=rtx_engine, variants=["tensorrt"])
+    assert not (tmp_path / "other").exists()
+
+
+def test_readme_says_what_each_model_holds_and_how_to_install(exported, tmp_path_factory, tmp_path):
+    """Plain, fused and plugin-only ONNX are told apart; eca-deploy is installed from its repository."""
+    _, plain, _ = export_demo_64(tmp_path_factory.getbasetemp())
+    readme = write_triton_repository(tmp_path / "plain", plain).readme.read_text()
+    assert "plain ONNX (no EcaAttention nodes" in _rows(readme)["mnv2_onnx"]
+    assert "pip install eca-deploy" not in readme
+    assert f"pip install {REPO_ROOT}    # or: pip install -e {REPO_ROOT}" in readme  # the checkout writing it
+    assert "not on the package index" in readme
+
+    plugin_only = tmp_path / "mnv2.eca.plugin.onnx"
+    save_onnx(without_fallback_function(onnx.load(str(exported[1]))), plugin_only)
+    with pytest.raises(EcaDeployError, match=r"^Triton could load none of the models: ONNX Runtime CPU cannot run "
+                                             r"EcaAttention nodes without their fallback function"):
+        write_triton_repository(tmp_path / "plugin_only", plugin_only)
+    with pytest.raises(EcaDeployError, match=r"^cannot write the onnx variant: ONNX Runtime without the plugin"):
+        write_triton_repository(tmp_path / "plugin_only", plugin_only, variants=["onnx"], onnx_device="gpu")
+    assert not (tmp_path / "plugin_only").exists()
+
+
+def test_an_unwritable_repository_is_one_sentence_and_leaves_nothing(exported, tmp_path):
+    _, fused_path = exported
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("keep me")
+    with pytest.raises(EcaDeployError, match=r"^cannot write to .*file: Not a directory$"):
+        write_triton_repository(in_the_way, fused_path)
+    with read_only_dir(tmp_path / "read_only") as read_only:
+        with pytest.raises(EcaDeployError,
+                           match=r"^cannot write to .*read_only/repo: (Read-only file system|Permission denied)$"):
+            write_triton_repository(read_only / "repo", fused_path)
+        assert tree(read_only) == set()
+    assert in_the_way.read_text() == "keep me"
+
+
+def test_plugin_library_must_be_loadable_by_triton(exported, tensorrt_plan, tmp_path):
     """Triton's TensorRT backend only dlopen()s plugins: the loadLibrary-style libeca_plugin.so (told by its
     exported getCreators, whatever its file is called) is refused with the reason."""
     _, fused_path = exported
     renamed = tmp_path / "libeca_plugin_autoreg.so"  # a name proves nothing
     shutil.copyfile(plugin_build() / PLUGIN_LIBRARY, renamed)
     with pytest.raises(EcaDeployError, match="needs the self-registering libeca_plugin_autoreg.so"):
-        write_triton_repository(tmp_path / "repo", fused_path, engine_path=rtx_engine, plugin_library=renamed)
+        write_triton_repository(tmp_path / "repo", fused_path, engine_path=tensorrt_plan, plugin_library=renamed)
     assert not (tmp_path / "repo" / "mnv2_tensorrt").exists()
 
 
@@ -231,12 +338,14 @@ def _bundled_tritonserver(workdir: Path) -> tuple[Path, Path, dict]:
 
 
 class TritonProcess:
-    def __init__(self, binary: Path, backends: Path, repository: Path, env: dict, log_path: Path) -> None:
+    """``command`` (a ``tritonserver`` command line) run with ``binary``, the bundled backends and loopback ports."""
+
+    def __init__(self, binary: Path, backends: Path, command: list[str], env: dict, log_path: Path) -> None:
         self.http_port, self.grpc_port = _free_port(), _free_port()
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [str(binary), f"--model-repository={repository}", f"--backend-directory={backends}",
+            [str(binary), *command[1:], f"--backend-directory={backends}",
              "--model-control-mode=poll", "--repository-poll-secs=0", "--exit-on-error=false",
              "--strict-readiness=false", "--http-address=127.0.0.1", f"--http-port={self.http_port}",
              "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}", "--allow-metrics=false",
@@ -262,14 +371,17 @@ class TritonProcess:
 
 @pytest.fixture(scope="module")
 def triton(exported, tmp_path_factory):
-    """Triton serving the generated repository (all variants but the plan) on loopback."""
+    """Triton serving the generated repository (all variants but the plan) on loopback, started with the
+    README's command line."""
     httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
     _, fused_path = exported
     workdir = tmp_path_factory.mktemp("triton_server")
     binary, backends, env = _bundled_tritonserver(workdir)
     repo = write_triton_repository(workdir / "models", fused_path, max_batch_size=MAX_BATCH,
                                    max_queue_delay_us=20_000)
-    server = TritonProcess(binary, backends, workdir / "models", env, workdir / "tritonserver.log")
+    command = _serve_command(repo.readme.read_text())
+    assert command == ["tritonserver", f"--model-repository={(workdir / 'models').resolve()}"]
+    server = TritonProcess(binary, backends, command, env, workdir / "tritonserver.log")
     client = httpclient.InferenceServerClient(server.url, network_timeout=60.0)
     deadline = time.monotonic() + 90
     try:
@@ -351,7 +463,8 @@ def test_triton_batches_concurrent_requests(exported, triton):
     assert max(sizes) > 1 and max(sizes) <= MAX_BATCH
 
 
-def test_triton_answers_bad_requests_with_errors_and_keeps_serving(exported, triton):
+def test_triton_answers_bad_requests_with_400_and_keeps_serving(exported, triton):
+    """NaN is refused by eca_deploy.runtime inside the model, the rest by Triton against config.pbtxt: all HTTP 400."""
     from tritonclient.utils import InferenceServerException
 
     module, _ = exported
@@ -360,14 +473,13 @@ def test_triton_answers_bad_requests_with_errors_and_keeps_serving(exported, tri
     good = np.random.default_rng(1).standard_normal((2, *INPUT_SHAPE), dtype=np.float32)
     bad_pixels = good.copy()
     bad_pixels[1, 0, 5, 5] = np.nan
-    with pytest.raises(InferenceServerException, match="non-finite"):  # checked by eca_deploy.runtime in the model
-        _infer(client, model, bad_pixels)
-    with pytest.raises(InferenceServerException, match="(?i)shape"):  # checked by Triton against config.pbtxt
-        _infer(client, model, good[:, :, :32])
-    with pytest.raises(InferenceServerException, match="(?i)data ?type|FP64"):
-        _infer(client, model, good.astype(np.float64), datatype="FP64")
-    with pytest.raises(InferenceServerException, match="(?i)batch"):
-        _infer(client, model, np.zeros((MAX_BATCH + 1, *INPUT_SHAPE), dtype=np.float32))
+    cases = [(bad_pixels, "FP32", "input holds 1 non-finite value"), (good[:, :, :32], "FP32", "(?i)shape"),
+             (good.astype(np.float64), "FP64", "(?i)data ?type|FP64"),
+             (np.zeros((MAX_BATCH + 1, *INPUT_SHAPE), dtype=np.float32), "FP32", "(?i)batch")]
+    for batch, datatype, pattern in cases:
+        with pytest.raises(InferenceServerException, match=pattern) as refused:
+            _infer(client, model, batch, datatype=datatype)
+        assert refused.value.status() == "400", (pattern, refused.value.status(), refused.value.message())
     assert server.process.poll() is None
     np.testing.assert_allclose(_infer(client, model, good), _reference(module, good), atol=1e-4, rtol=1e-4)
 

@@ -4,8 +4,9 @@
 It runs inside Triton's Python backend stub (module ``triton_python_backend_utils``), so the Python
 environment the stub uses needs eca-deploy and its dependencies installed. It serves where Triton
 has no onnxruntime backend (e.g. the server bundled with nvidia-pytriton) and validates every
-request with the runtime's checks (NaN/Inf included), answering a bad request with an error without
-failing the others batched with it.
+request with the runtime's checks (NaN/Inf included), answering a bad request with an ``INVALID_ARG``
+error (HTTP 400, gRPC INVALID_ARGUMENT) without failing the others batched with it; a failure of the
+model itself is ``INTERNAL`` (HTTP 500) for the requests it ran.
 
 Config parameters (string values): ``model_file`` (default ``model.onnx``), ``providers``
 (comma-separated ONNX Runtime execution providers, default CPU), ``check_finite`` (default true),
@@ -68,6 +69,11 @@ def _to_triton(name: str, array: np.ndarray):
     return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
 
 
+def _error_response(error: Exception, code):
+    """A response carrying ``error``'s sentence with Triton error ``code`` (``INVALID_ARG`` is HTTP 400)."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
+
+
 class TritonPythonModel:
     def initialize(self, args) -> None:
         _install_capsule_noise_filter()
@@ -91,13 +97,13 @@ class TritonPythonModel:
                 batch = _to_numpy(pb_utils.get_input_tensor_by_name(request, self.input_name))
                 accepted.append((index, self.runtime.spec.validate(batch, check_finite=self.runtime.check_finite)))
             except EcaDeployError as error:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
+                responses[index] = _error_response(error, pb_utils.TritonError.INVALID_ARG)
         if accepted:
             try:
                 logits = self.runtime.predict(np.concatenate([batch for _, batch in accepted]))
             except EcaDeployError as error:
                 for index, _ in accepted:
-                    responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
+                    responses[index] = _error_response(error, pb_utils.TritonError.INTERNAL)
             else:
                 offsets = np.cumsum([batch.shape[0] for _, batch in accepted])[:-1]
                 for (index, _), part in zip(accepted, np.split(logits, offsets)):
