@@ -41,7 +41,9 @@ def load_graph(path: Path) -> onnx.ModelProto:
 
 
 def onnx_precision(model: onnx.ModelProto) -> str:
-    """"fp16" when the model's weights are FP16 (an ``eca-export --fp16`` model), else "fp32"."""
+    """"int8" for a Q/DQ model (``eca-export --int8``), "fp16" when the weights are FP16 (``--fp16``), else "fp32"."""
+    if any(node.op_type == "DequantizeLinear" for node in model.graph.node):
+        return "int8"
     return "fp16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) else "fp32"
 
 

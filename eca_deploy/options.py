@@ -15,7 +15,8 @@ DEFAULT_OPSET = 18
 MIN_OPSET = 13
 DYNAMO_MIN_OPSET = 18
 EXPORTERS = ("dynamo", "legacy")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16")  # what the exporter writes; INT8 models are quantized from FP32 (eca_deploy.quantize)
+CALIBRATION_METHODS = ("entropy", "percentile", "minmax")  # the first is the default (measured, BENCHMARKS.md)
 
 # Engines (eca_deploy.tensorrt)
 TENSORRT_FLAVOURS = ("tensorrt", "tensorrt_rtx")

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 from eca_deploy import __version__
 from eca_deploy._io import check_output_dir, staged_outputs
-from eca_deploy.cli.args import add_engine_profile_args, add_model_args, add_output_args, opset
+from eca_deploy.cli.args import add_engine_profile_args, add_model_args, add_output_args, opset, positive_int
 from eca_deploy.errors import EcaDeployError, ParityError
-from eca_deploy.options import DEFAULT_OPSET, EXPORTERS
+from eca_deploy.options import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS
 from eca_deploy.progress import Progress
 
 REPORT_SCHEMA_VERSION = 1
@@ -31,8 +32,21 @@ _CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".ckpt", ".bin")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     group = parser.add_argument_group("export")
-    group.add_argument("--fp16", action="store_true",
-                       help="write an FP16 model (FP16 compute, float32 input/output with one Cast at each edge)")
+    precision = group.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true",
+                           help="write an FP16 model (FP16 compute, float32 input/output with one Cast at each edge)")
+    precision.add_argument("--int8", action="store_true",
+                           help="write an INT8 model: post-training quantization to explicit Q/DQ (symmetric, "
+                                "per-channel weights, float32 input/output), ECA blocks kept in floating point")
+    quantization = parser.add_argument_group("INT8 calibration (with --int8)")
+    quantization.add_argument("--calib", type=Path, metavar="DIR",
+                              help="calibration images (ImageFolder or flat folder), preprocessed as the authors did; "
+                                   "without it, seeded random inputs (a warning says so: real images calibrate better)")
+    quantization.add_argument("--calib-size", type=positive_int, default=64, metavar="N",
+                              help="calibrate on at most N images (default: 64)")
+    quantization.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=CALIBRATION_METHODS[0],
+                              help=f"activation range estimate (default: {CALIBRATION_METHODS[0]}, chosen by "
+                                   "measurement, BENCHMARKS.md)")
     group.add_argument("--opset", type=opset, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     group.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                        help="PyTorch exporter (default: dynamo, the cleanest graph; legacy is faster and is "
@@ -78,25 +92,30 @@ def run(args: argparse.Namespace) -> int:
         raise EcaDeployError("--plugin is for the engine: add --engine (the fused ONNX needs no plugin library)")
     if args.plugin_only and args.no_fuse:
         raise EcaDeployError("--plugin-only writes a variant of the fused model: drop --no-fuse")
+    if args.calib and not args.int8:
+        raise EcaDeployError("--calib calibrates INT8 quantization: add --int8")
 
     from eca_deploy.checkpoints import load_model
     from eca_deploy.export import check_export_options, effective_exporter, export_onnx
     from eca_deploy.onnx_files import save_checked
-    from eca_deploy.parity import check_onnx_parity
+    from eca_deploy.parity import check_onnx_files_parity
     from eca_deploy.passes import fuse_eca
     from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
+    from eca_deploy.quantize import CalibrationImages, quantize_int8, random_calibration
 
     check_export_options(args.exporter, args.opset)
+    calibration_images = CalibrationImages(args.calib, args.input_size) if args.calib else None
     if args.engine:
         from eca_deploy.tensorrt.engine import BatchProfile
         from eca_deploy.tensorrt.plugin_library import resolve_plugin_library
 
         BatchProfile(args.min_batch, args.opt_batch, args.max_batch)
         resolve_plugin_library(args.plugin)
-    progress = Progress(total_steps=4 - args.no_fuse + args.engine + bool(args.triton_repo), quiet=args.quiet)
-    precision = "fp16" if args.fp16 else "fp32"
+    steps = 4 - args.no_fuse + args.int8 + args.engine + bool(args.triton_repo)
+    progress = Progress(total_steps=steps, quiet=args.quiet)
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     stem = args.name or output_stem(args.source)
-    tag = f"{stem}.fp16" if args.fp16 else stem
+    tag = stem if precision == "fp32" else f"{stem}.{precision}"
     input_shape = (3, args.input_size, args.input_size)
 
     with progress.step(f"Loading {args.source}"):
@@ -111,21 +130,37 @@ def run(args: argparse.Namespace) -> int:
                     "source": args.source, "source_kind": loaded.source_kind, "arch": loaded.arch,
                     "kernel_sizes": list(loaded.kernel_sizes), "num_classes": loaded.num_classes,
                     "precision": precision, "input_shape": list(input_shape)}
-    with staged_outputs(args.output_dir) as staging:
-        with progress.step(f"Exporting {precision.upper()} ONNX ({exporter} exporter, opset {args.opset})"):
-            exported = export_onnx(loaded.module, staging / f"{tag}.onnx", input_shape=input_shape,
-                                   precision=precision, opset=args.opset, exporter=exporter,
-                                   external_data=args.external_data)
+    export_precision = "fp32" if args.int8 else precision  # INT8 quantizes the FP32 export
+    with staged_outputs(args.output_dir) as staging, tempfile.TemporaryDirectory(prefix="eca-export-") as scratch:
+        exported_path = (Path(scratch) if args.int8 else staging) / f"{tag}.onnx"
+        with progress.step(f"Exporting {export_precision.upper()} ONNX ({exporter} exporter, opset {args.opset})"):
+            exported = export_onnx(loaded.module, exported_path, input_shape=input_shape, precision=export_precision,
+                                   opset=args.opset, exporter=exporter, external_data=args.external_data)
         report["export"] = exported.to_dict()
+        parity_inputs = None
+        if args.int8:
+            calibration = (calibration_images.load(args.calib_size) if calibration_images else
+                           random_calibration(input_shape, args.calib_size, seed=args.seed))
+            if calibration_images is None:
+                progress.info(f"  warning: no --calib folder: calibrating on {args.calib_size} seeded random inputs; "
+                              "ranges from real images (--calib DIR) give a more accurate INT8 model")
+            with progress.step(f"Quantizing to INT8 ({args.calib_method} calibration on {calibration.samples} "
+                               f"{calibration.source['kind']} samples)"):
+                quantization = quantize_int8(exported_path, staging / f"{tag}.onnx", calibration,
+                                             method=args.calib_method, external_data=args.external_data)
+            report["quantization"] = quantization.to_dict()
+            progress.info(f"  {quantization.summary()}")
+            exported_path = staging / f"{tag}.onnx"
+            parity_inputs = calibration_images.parity_batches(args.calib_size) if calibration_images else None
         if any(exported.fp16_clamped.values()):
             clamped = exported.fp16_clamped
             progress.info(f"  FP16 weights: {clamped['underflow']} tensors held values below 1e-7 (set to +-1e-7), "
                           f"{clamped['overflow']} beyond 1e4 (clamped to +-1e4)")
-        onnx_files = [exported.path]
+        onnx_files = [exported_path]
 
         if not args.no_fuse:
             with progress.step("Fusing ECA blocks"):
-                fused_model, fusion = fuse_eca(onnx.load(str(exported.path)))
+                fused_model, fusion = fuse_eca(onnx.load(str(exported_path)))
                 fused_path = staging / f"{tag}.eca.onnx"
                 save_checked(fused_model, fused_path, args.external_data)
                 if args.plugin_only:
@@ -138,16 +173,14 @@ def run(args: argparse.Namespace) -> int:
                 raise EcaDeployError(f"fused {fusion.num_fused} ECA blocks, expected {args.expect}")
 
         with progress.step("Checking parity on ONNX Runtime CPU"):
-            parities = [check_onnx_parity(loaded.module, path, precision=precision, input_shape=input_shape,
-                                          seed=args.seed) for path in onnx_files]
+            parities = check_onnx_files_parity(loaded.module, onnx_files, precision=precision,
+                                               input_shape=input_shape, seed=args.seed, inputs=parity_inputs)
         for parity in parities:
             progress.info(f"  {parity.summary()}")
         report["parity"] = [parity.to_dict() for parity in parities]
 
         if args.engine:
-            from eca_deploy.tensorrt.engine import (
-                build_engine,  # TensorRT is optional: import only when asked
-            )
+            from eca_deploy.tensorrt.engine import build_engine  # TensorRT is optional: import only when asked
 
             with progress.step("Building TensorRT engine"):
                 engine = build_engine(onnx_files[-1], staging / f"{tag}.engine", precision=precision,
@@ -164,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
                     plugin_library=args.plugin if args.engine else None, model_name=tag,
                     max_batch_size=args.max_batch, opt_batch=args.opt_batch, preferred_batch_sizes=(args.opt_batch,))
             report["triton"] = triton.to_dict()
+            for variant, reason in triton.skipped.items():
+                progress.info(f"  Triton {variant} model not written: {reason}")
 
         report_path = staging / f"{tag}.report.json"
         written = sorted(p.name for p in staging.iterdir()) + [report_path.name]

@@ -19,6 +19,7 @@ from eca_deploy.passes.fused_node import (WRAP_PAD_MIN_OPSET, default_opset, is_
                                          make_eca_function, make_eca_node)
 from eca_deploy.passes.matcher import EcaMatch, TensorType, find_eca_blocks, label
 from eca_deploy.passes.report import FusedBlock, FusionReport, NearMiss
+from eca_deploy.passes.values import QDQ_OPS, producer
 from eca_deploy.schema import eca_schema
 
 SKELETON_MAX_ELEMENTS = 4096  # initializers up to this size keep their values in the skeleton
@@ -76,7 +77,17 @@ def _replace(graph: gs.Graph, match: EcaMatch, node_names: set[str], tensor_name
     graph.nodes.append(make_eca_node(name, match.x, weight, y, match.pad_mode))
     return FusedBlock(node=name, replaced=tuple(label(n) for n in (match.mul, *match.nodes)),
                       channels=match.channels, kernel_size=int(match.taps.size), pad_mode=match.pad_mode,
-                      dtype=np.dtype(match.dtype).name)
+                      dtype=np.dtype(match.dtype).name,
+                      dropped_qdq=sum(n.op in QDQ_OPS for n in match.nodes) + len(_weight_qdq(match.weight)))
+
+
+def _weight_qdq(weight: gs.Tensor) -> list[gs.Node]:
+    """The DequantizeLinear (and QuantizeLinear) nodes a quantizer put on a conv weight."""
+    nodes = []
+    while (node := producer(weight)) is not None and node.op in QDQ_OPS:
+        nodes.append(node)
+        weight = node.inputs[0]
+    return nodes
 
 
 def _fused_name(match: EcaMatch) -> str:

@@ -18,8 +18,8 @@ import onnx_graphsurgeon as gs
 from eca_deploy.passes import layout as lay
 from eca_deploy.passes.layout import ONE, X_LAYOUT, Dims, Layout, NotEca
 from eca_deploy.passes.report import NearMiss
-from eca_deploy.passes.values import (constant_ints, constant_value, is_constant, optional_input, producer,
-                                      shape_values)
+from eca_deploy.passes.values import (QDQ_OPS, constant_ints, constant_value, dequantized_value, is_constant,
+                                      is_per_tensor_qdq, optional_input, producer, shape_values)
 
 MIN_OPSET = 13
 POOL_OPS = ("GlobalAveragePool", "ReduceMean")
@@ -146,9 +146,10 @@ def circular_pad_slices(concat: gs.Node) -> tuple[gs.Tensor, gs.Node, gs.Node] |
 
 
 def _cast_root(tensor: gs.Tensor) -> gs.Tensor:
-    """``tensor`` before any float-to-float Cast or Identity."""
+    """``tensor`` before any float-to-float Cast, Identity or per-tensor Q/DQ (a quantizer's fake quantization)."""
     while (node := producer(tensor)) is not None and (
-            node.op == "Identity" or (node.op == "Cast" and node.attrs["to"] in FLOAT_TYPES)):
+            node.op == "Identity" or (node.op == "Cast" and node.attrs["to"] in FLOAT_TYPES)
+            or is_per_tensor_qdq(node)):
         tensor = node.inputs[0]
     return tensor
 
@@ -215,7 +216,7 @@ class _Chain:
     @staticmethod
     def _conv_taps(conv: gs.Node) -> np.ndarray:
         """The conv's [1, 1, k] weight after checking it is ECA's conv (no bias, stride 1, ...)."""
-        weight = constant_value(conv.inputs[1])
+        weight = dequantized_value(conv.inputs[1])
         if weight is None:
             raise NotEca("the conv weight is not a constant")
         if weight.ndim != 3 or weight.shape[:2] != (1, 1):
@@ -260,6 +261,8 @@ class _Chain:
             self.pad = self._circular_pad(node, layout)
         elif op == "Cast" and node.attrs["to"] not in FLOAT_TYPES:
             raise NotEca(f"Cast {node.name} to a non-float type")
+        elif op in QDQ_OPS and not is_per_tensor_qdq(node):
+            raise NotEca(f"per-axis {op} ({label(node)}) in the gate path")
         elif op == "Squeeze":
             layout = lay.squeeze(layout, self._optional_ints(node, 1, "axes"), self.dims)
         elif op == "Unsqueeze":
@@ -272,7 +275,7 @@ class _Chain:
             layout = lay.reshape(layout, self._target(node), self.dims, bool(node.attrs.get("allowzero", 0)))
         elif op == "Expand":
             layout = lay.broadcast(layout, self._target(node), self.dims)
-        elif op not in ("Sigmoid", "Cast", "Identity", "Concat"):
+        elif op not in ("Sigmoid", "Cast", "Identity", "Concat", *QDQ_OPS):
             raise NotEca(f"unexpected {op} ({label(node)}) in the gate path")
         return layout
 

@@ -17,6 +17,7 @@ class FusedBlock:
     pad_mode: str               # "constant" (zero padding) or "wrap" (circular)
     dtype: str                  # dtype the node computes in, e.g. "float32"
     gate: str = "sigmoid"
+    dropped_qdq: int = 0        # QuantizeLinear/DequantizeLinear nodes inside the block (gate path, weight)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class FusionReport:
             lines.append(f"  {'channels':>8}  {'k':>3}  {'padding':<8}  {'count':>5}")
             for (channels, k, mode), n in sorted(self.counts().items(), key=_shape_order):
                 lines.append(f"  {'?' if channels is None else channels:>8}  {k:>3}  {mode:<8}  {n:>5}")
+        dropped = sum(block.dropped_qdq for block in self.fused)
+        if dropped:
+            lines.append(f"Quantize/DequantizeLinear nodes inside the fused blocks, dropped (ECA stays float): {dropped}")
         lines.append(f"Near-misses: {len(self.near_misses)}")
         lines += [f"  {miss.nodes[0]}: {miss.reason}" for miss in self.near_misses]
         return "\n".join(lines)

@@ -46,6 +46,62 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def is_per_tensor_qdq(node: gs.Node) -> bool:
+    """A QuantizeLinear/DequantizeLinear with one (scalar) scale: exporters' fake quantization of a tensor."""
+    scale = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    return node.op in QDQ_OPS and scale is not None and scale.size == 1
+
+
+def dequantized_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The float value of a constant, or of DequantizeLinear(constant) / DequantizeLinear(QuantizeLinear(
+    constant)) as quantizers write weights (per-tensor or per-axis); None otherwise."""
+    node = producer(tensor)
+    if node is None or node.op != "DequantizeLinear":
+        return constant_value(tensor)
+    source = producer(node.inputs[0])
+    if source is not None and source.op == "QuantizeLinear":
+        quantized = _quantize(source)
+    else:
+        quantized = constant_value(node.inputs[0])
+    return None if quantized is None else _dequantize(node, quantized)
+
+
+def _qparams(node: gs.Node, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, zero point) of a Q/DQ node, broadcastable against a tensor of ``rank`` along its axis."""
+    scale = constant_value(node.inputs[1])
+    zero = constant_value(optional_input(node, 2)) if optional_input(node, 2) is not None else np.zeros(1)
+    if scale is None or zero is None:
+        return None
+    shape = [1] * rank
+    if scale.size > 1:
+        shape[node.attrs.get("axis", 1) % rank] = scale.size
+    return scale.astype(np.float64).reshape(shape if scale.size > 1 else ()), zero.astype(np.float64).reshape(
+        shape if zero.size > 1 else ())
+
+
+def _quantize(node: gs.Node) -> np.ndarray | None:
+    value = constant_value(node.inputs[0])
+    zero_point = optional_input(node, 2)
+    dtype = constant_value(zero_point).dtype if zero_point is not None else np.dtype(np.uint8)
+    params = None if value is None else _qparams(node, value.ndim)
+    if params is None:
+        return None
+    scale, zero = params
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(value / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantize(node: gs.Node, quantized: np.ndarray) -> np.ndarray | None:
+    params = _qparams(node, quantized.ndim)
+    if params is None:
+        return None
+    scale, zero = params
+    return ((quantized.astype(np.float64) - zero) * scale).astype(np.float32)
+
+
 def optional_input(node: gs.Node, index: int) -> gs.Tensor | None:
     """Input ``index`` of ``node``, or None when absent or empty."""
     if index < len(node.inputs) and node.inputs[index].name:

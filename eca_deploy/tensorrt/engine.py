@@ -95,15 +95,46 @@ class ParsedNetwork:
     strongly_typed: bool
     plugin_handle: object = None
 
-    def layers(self) -> list[dict[str, str]]:
-        """Name and type of every layer of the parsed network."""
-        return [{"name": layer.name, "type": layer.type.name}
-                for layer in (self.network.get_layer(i) for i in range(self.network.num_layers))]
+    def layers(self) -> list[dict]:
+        """Name and type of every layer of the parsed network. In a Q/DQ (INT8) network, a layer fed by a
+        DequantizeLinear is marked ``int8_input`` (TensorRT runs it in INT8, or reformats for a plugin) and
+        one feeding a QuantizeLinear ``quantized_output``."""
+        layers = [self.network.get_layer(i) for i in range(self.network.num_layers)]
+        producers = {layer.get_output(j).name: layer.type.name for layer in layers for j in range(layer.num_outputs)}
+        consumers: dict[str, list[str]] = {}
+        for layer in layers:
+            for j in range(layer.num_inputs):
+                tensor = layer.get_input(j)
+                if tensor is not None:
+                    consumers.setdefault(tensor.name, []).append(layer.type.name)
+        described = []
+        for layer in layers:
+            entry = {"name": layer.name, "type": layer.type.name}
+            inputs = [layer.get_input(j) for j in range(layer.num_inputs)]
+            if any(t is not None and producers.get(t.name) == "DEQUANTIZE" for t in inputs):
+                entry["int8_input"] = True
+            outputs = [layer.get_output(j).name for j in range(layer.num_outputs)]
+            if any("QUANTIZE" in consumers.get(name, []) for name in outputs):
+                entry["quantized_output"] = True
+            described.append(entry)
+        return described
 
 
-def count_plugin_layers(layers: list[dict[str, str]]) -> int:
+def count_plugin_layers(layers: list[dict]) -> int:
     """How many of ``layers`` (as :meth:`ParsedNetwork.layers` lists them) are plugin layers."""
     return sum(layer["type"] in PLUGIN_LAYER_TYPES for layer in layers)
+
+
+def quantization_summary(layers: list[dict]) -> dict:
+    """INT8 facts of a parsed network (all zero for an FP32/FP16 one): Q/DQ layers, the layers fed from
+    DequantizeLinear that TensorRT runs in INT8, and plugin layers next to Q/DQ, around which TensorRT
+    inserts a reformat (the plugin computes in FP32/FP16)."""
+    types = [layer["type"] for layer in layers]
+    return {"quantize_layers": types.count("QUANTIZE"), "dequantize_layers": types.count("DEQUANTIZE"),
+            "int8_layers": sum(layer.get("int8_input", False) and layer["type"] not in
+                               ("QUANTIZE", "DEQUANTIZE", *PLUGIN_LAYER_TYPES) for layer in layers),
+            "plugin_layers_reformatted": sum(layer["type"] in PLUGIN_LAYER_TYPES and (
+                layer.get("int8_input", False) or layer.get("quantized_output", False)) for layer in layers)}
 
 
 @dataclass
@@ -131,7 +162,8 @@ class EngineResult:
         return {"path": self.path.name, "backend": self.backend, "backend_version": self.backend_version,
                 "precision": self.precision, "precision_route": self.precision_route, "profile": asdict(self.profile),
                 "num_fused_nodes": self.num_fused_nodes, "plugin": self.plugin.to_dict(),
-                "num_plugin_layers": self.num_plugin_layers, "num_layers": len(self.layers), "layers": self.layers,
+                "num_plugin_layers": self.num_plugin_layers, "num_layers": len(self.layers),
+                "quantization": quantization_summary(self.layers), "layers": self.layers,
                 "cache": self.cache, "build_seconds": round(self.build_seconds, 3), "size_bytes": self.size_bytes}
 
 
