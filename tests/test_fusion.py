@@ -425,7 +425,9 @@ def test_report_json_and_table():
     data = json.loads(json.dumps(report.to_dict()))
     assert set(data) == {"num_fused", "num_near_misses", "by_shape", "fused", "near_misses"}
     assert data["by_shape"] == [{"channels": CHANNELS, "kernel_size": 3, "pad_mode": "constant", "count": 1}]
-    assert set(data["fused"][0]) == {"node", "replaced", "channels", "kernel_size", "pad_mode", "dtype", "gate"}
+    assert set(data["fused"][0]) == {"node", "replaced", "channels", "kernel_size", "pad_mode", "dtype", "gate",
+                                     "dropped_qdq"}
+    assert data["fused"][0]["dropped_qdq"] == 0
     table = report.summary_table()
     assert "ECA blocks fused: 1" in table and "Near-misses: 0" in table
     assert "gate is Relu, not Sigmoid" in miss_report.summary_table()
