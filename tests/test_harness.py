@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_checks import tree
 from onnx import numpy_helper
 from PIL import Image
 from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo_64
@@ -21,12 +22,12 @@ from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo
 from eca_deploy.cli.main import main
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.export import export_onnx
-from eca_deploy.onnx_files import save_onnx
 from eca_deploy.harness.accuracy import LabelAccuracy, validate
 from eca_deploy.harness.backends import (OnnxRuntimeBackend, StageTimes, TorchBackend, available_backends,
                                          create_backend, parse_backend_spec)
 from eca_deploy.harness.data import ImageFolderInputs, RandomInputs, load_class_index
 from eca_deploy.harness.latency import LatencySettings, latency_statistics, measure_latency, scenario_summary
+from eca_deploy.onnx_files import save_onnx
 from eca_deploy.parity import DEFAULT_TOLERANCES, Tolerance
 from eca_deploy.passes import fuse_eca
 from eca_deploy.preprocess import Preprocessing
@@ -317,7 +318,10 @@ def test_cli_default_backends_export_the_model_and_say_what_they_skipped(tmp_pat
     report = json.loads((tmp_path / "accuracy.json").read_text())
     names = [c["backend"]["name"] for c in report["accuracy"]["candidates"]]
     assert names[:2] == ["ort-cpu:model.onnx", "ort-cpu:model.eca.onnx"]
-    assert (tmp_path / "models/model.eca.onnx").is_file()
+    assert report["model"]["onnx"] == {"onnx": str(tmp_path / "models/model.onnx"),
+                                       "fused_onnx": str(tmp_path / "models/model.eca.onnx")}
+    assert {"models/model.onnx", "models/model.eca.onnx", "accuracy.json"} <= tree(tmp_path)
+    assert not [path for path in tree(tmp_path) if ".eca-staging" in path]  # staged, then moved into place
     if available_backends()["trt"] is not None:
         assert "trt" in report["skipped_backends"]
         assert "skipped trt:" in capsys.readouterr().err
@@ -335,43 +339,21 @@ def test_cli_validate_exits_1_on_a_broken_model_and_localises_it(tmp_path, capsy
     assert report["accuracy"]["candidates"][0]["localization"]["diverging_module"] == layer
 
 
-def test_cli_bad_inputs_exit_2_with_the_reason_and_no_report(tmp_path, capsys):
-    _, _, fused = export_demo_64(tmp_path.parent, "eca_mobilenet_v2", "mnv2")
-    (tmp_path / "empty").mkdir()
-    unreadable = tmp_path / "unreadable"
-    (unreadable / "cls").mkdir(parents=True)
-    (unreadable / "cls/broken.jpg").write_text("not an image")
-    not_engine = tmp_path / "model.engine"
-    not_engine.write_bytes(b"this is not a plan")
-    cases = [
-        (["validate", "--images", str(tmp_path / "empty")], "no images in"),
-        (["validate", "--images", str(unreadable)], "cannot read image .*broken.jpg"),
-        (["validate", "--images", str(tmp_path / "missing")], "does not exist or is not a folder"),
-        (["bench", "-b", f"trt={not_engine}"], "model.engine is not a serialized TensorRT engine"),
-        (["validate", "--batch-size", "0"], "--batch-size must be at least 1"),
-        (["validate", "-b", "tensorflow"], "unknown backend 'tensorflow'"),
-        (["validate", "-b", f"ort-cpu={fused}", "--input-size", "32"], "input must be 64 x 64 pixels, got 32 x 32"),
-    ]
-    for index, (command, message) in enumerate(cases):
-        output = tmp_path / f"out{index}"
-        args = [command[0], *_zoo_args(output, *command[1:])]
-        if command[0] == "validate" and "-b" not in command:
-            args += ["-b", f"ort-cpu={fused}"]
-        assert main(args) == 2, command
-        assert re.search(message, capsys.readouterr().err), command
-        assert not any(output.glob("*.json")), command
-
-
-def test_cli_batch_larger_than_an_engine_profile_exits_2(tmp_path, capsys):
-    """A real engine whose profile stops at batch 4 (TensorRT-RTX builds it on the CPU)."""
+def test_cli_engines_are_checked_against_the_reference_and_their_profile(tmp_path, capsys):
+    """A real engine of the 64 x 64, 10-class model whose profile stops at batch 4 (TensorRT-RTX builds it on
+    the CPU): refused for a larger batch, and against the default SOURCE (224 x 224, 1000 classes)."""
     _, _, fused = export_demo_64(tmp_path.parent, "eca_mobilenet_v2", "mnv2")
     engine = build_rtx_engine(fused, tmp_path / "mnv2.plan", max_batch=4)
+    # Without a GPU the engine cannot be deserialized, which is said; with one the checks speak.
+    cannot_open = "cannot deserialize mnv2.plan|cuda-python"
     code = main(["validate", *_zoo_args(tmp_path / "out", "-b", f"trt-rtx={engine}", "--batch-size", "8")])
     assert code == 2
-    error = capsys.readouterr().err
-    # Without a GPU the engine cannot be deserialized, which is said; with one the batch check speaks.
-    assert "batch of 8 exceeds the maximum 4" in error or "cannot deserialize mnv2.plan" in error \
-        or "cuda-python" in error
+    assert re.search(f"batch of 8 exceeds the maximum 4|{cannot_open}", capsys.readouterr().err)
+    code = main(["validate", "-q", "-o", str(tmp_path / "default"), "-b", f"trt-rtx={engine}"])
+    assert code == 2
+    assert re.search(rf"maps N x 3 x 64 x 64 to 10 classes, but the reference model eca_mobilenet_v2 \(the default "
+                     rf"SOURCE\) maps N x 3 x 224 x 224 to 1000 classes|{cannot_open}", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "default").exists()
 
 
 # GPU (skipped without one; `python -m pytest -m gpu` on a GPU machine)
@@ -499,17 +481,19 @@ def test_io_binding_stage_split_gives_the_same_logits(model):
 
 def test_the_plugin_library_comes_from_the_environment_where_a_backend_needs_it(model, tmp_path, monkeypatch):
     from eca_deploy.harness.targets import plan_backends
-    from eca_deploy.progress import Progress
 
     _, _, fused = model
     library = tmp_path / "libeca_plugin_autoreg.so"
     library.write_bytes(b"")
     monkeypatch.setenv("ECA_PLUGIN_LIBRARY", str(library))
-    common = dict(module=model[0], work_dir=tmp_path, input_shape=INPUT_SHAPE, precision="fp32",
-                  include_torch_cpu=False, plugin_library=None, engine_batch=(1, 1, 1), progress=Progress(quiet=True))
-    assert plan_backends([f"ort-trt={fused}"], **common).plugin_library == library
-    assert plan_backends([f"ort-cpu={fused}"], **common).plugin_library is None  # not needed, not resolved
+
+    def plan(spec: str):
+        return plan_backends([parse_backend_spec(spec)], work_dir=None, precision="fp32", include_torch_cpu=False,
+                             plugin_library=None)
+
+    assert plan(f"ort-trt={fused}").plugin_library == library
+    assert plan(f"ort-cpu={fused}").plugin_library is None  # not needed, not resolved
     monkeypatch.setenv("ECA_PLUGIN_LIBRARY", str(tmp_path / "missing.so"))
-    assert plan_backends([f"ort-cpu={fused}"], **common).backends == [("ort-cpu", fused)]
+    assert plan(f"ort-cpu={fused}").backends == [("ort-cpu", fused)]
     with pytest.raises(EcaDeployError, match=r"missing.so \(from \$ECA_PLUGIN_LIBRARY\) does not exist"):
-        plan_backends([f"trt={fused}"], **common)
+        plan(f"trt={fused}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from test_runtime import INPUT_SHAPE, export_demo_64
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.harness.backends import OnnxRuntimeBackend
 from eca_deploy.harness.data import Batch, RandomInputs
-from eca_deploy.harness.environment import (PowerSampler, capture_environment, jetson_info, module_power_mw,
-                                            parse_tegrastats_line, read_power_rails, read_temperatures,
+from eca_deploy.harness.environment import (PowerSampler, capture_environment, jetson_info, measure_cpu_load,
+                                            module_power_mw, parse_tegrastats_line, read_power_rails, read_temperatures,
                                             summarize_power)
 from eca_deploy.harness.latency import LatencySettings, measure_latency
 
@@ -200,3 +201,29 @@ def test_asking_for_a_power_source_that_is_absent_says_so(tmp_path, monkeypatch)
     with pytest.raises(EcaDeployError, match="power source must be one of"):
         PowerSampler("ina219")
     assert PowerSampler("auto", root=tmp_path).source == "none"
+
+
+def test_cpu_load_of_every_process_and_of_this_one(tmp_path):
+    """/proc/stat and /proc/loadavg as Linux writes them, changed during the block: half the CPU time was busy."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    stat_lines = ("cpu  {user} 7 {system} {idle} 20 0 3 0 0 0\n"
+                  "cpu0 1 0 1 1 0 0 0 0 0 0\ncpu1 1 0 1 1 0 0 0 0 0 0\nctxt 5\n")
+    (proc / "stat").write_text(stat_lines.format(user=100, system=100, idle=800))
+    (proc / "loadavg").write_text("0.50 0.40 0.30 1/100 1234\n")
+    with measure_cpu_load(tmp_path) as load:
+        (proc / "stat").write_text(stat_lines.format(user=250, system=150, idle=1000))  # +200 busy, +200 idle
+        (proc / "loadavg").write_text("1.50 0.60 0.30 2/100 1235\n")
+        spin_until = time.process_time() + 0.2
+        while time.process_time() < spin_until:  # this process keeps a CPU busy
+            pass
+    (result,) = load
+    assert result.cpus == 2 and result.busy_fraction == pytest.approx(0.5)
+    assert (result.load_average_1min_before, result.load_average_1min_after) == (0.5, 1.5)
+    assert result.seconds >= 0.2 and 0.2 / (2 * result.seconds) <= result.own_fraction + 0.01
+    assert result.other_fraction == pytest.approx(max(0.0, 0.5 - result.own_fraction))
+    assert result.to_dict()["other_fraction"] == result.other_fraction
+
+    with measure_cpu_load(tmp_path / "not-linux") as load:
+        pass
+    assert (load[0].busy_fraction, load[0].other_fraction, load[0].load_average_1min_before) == (None, None, None)

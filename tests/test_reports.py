@@ -6,6 +6,7 @@ import copy
 import csv
 import io
 import json
+import platform
 import shlex
 import sys
 from pathlib import Path
@@ -22,10 +23,13 @@ from eca_deploy.harness.backends import OnnxRuntimeBackend
 from eca_deploy.harness.data import Batch, RandomInputs
 from eca_deploy.harness.environment import PowerSampler, capture_environment
 from eca_deploy.harness.latency import LatencySettings, measure_latency
-from eca_deploy.harness.report import (SCHEMA_PATH, compare_reports, load_report, new_report, to_markdown,
-                                       write_report)
+from eca_deploy.harness.report import (PANEL_HEIGHT_IN, PANEL_MARGIN_IN, PLOT_DPI, SCHEMA_PATH, compare_reports,
+                                       distribution_panels, load_report, new_report, offline_bars, plot_caption,
+                                       plot_latency, to_markdown, write_report)
 
-PLOT_SIZES = {"latency_distribution.png": (800, 450), "batch_sweep.png": (1100, 450), "backends.png": (800, 450)}
+# latency_distribution.png has one panel per backend: two in these reports
+PLOT_SIZES = {"latency_distribution.png": (800, round(PLOT_DPI * (PANEL_MARGIN_IN + 2 * PANEL_HEIGHT_IN))),
+              "batch_sweep.png": (1100, 450), "backends.png": (800, 450)}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +58,17 @@ def test_reports_validate_against_the_schema(reports, schema):
         jsonschema.validate(report, schema)
         assert report["schema_version"] == 1 and report["kind"] == kind
         assert report["environment"]["versions"]["onnxruntime"]
+        assert report["run"]["threads"] is None and report["run"]["cpu_load"]["seconds"] > 0
     broken = json.loads((reports / "latency/latency.json").read_text())
     del broken["latency"]["results"][0]["latency_ms"]["p99"]
     with pytest.raises(jsonschema.ValidationError, match="p99"):
+        jsonschema.validate(broken, schema)
+    broken = json.loads((reports / "latency/latency.json").read_text())
+    broken["run"]["threads"] = 0
+    with pytest.raises(jsonschema.ValidationError, match="0 is less than the minimum of 1"):
+        jsonschema.validate(broken, schema)
+    del broken["environment"]["host"]
+    with pytest.raises(jsonschema.ValidationError, match="'host' is a required property"):
         jsonschema.validate(broken, schema)
 
 
@@ -95,13 +107,66 @@ def test_csv_and_markdown_tables(reports):
     assert "| yes |" in (reports / "accuracy/accuracy.md").read_text()
 
 
+def test_accuracy_columns_say_what_the_tolerance_judges(reports):
+    """The relative error beside the tolerance is the tolerance's own (max|a - ref| / max|ref|); the elementwise one
+    is named as such, and the Markdown explains both above the table."""
+    report = load_report(reports / "accuracy")
+    rows = list(csv.DictReader(io.StringIO((reports / "accuracy/accuracy.csv").read_text())))
+    for row, candidate in zip(rows, report["accuracy"]["candidates"]):
+        metrics, tolerance = candidate["metrics"], candidate["tolerance"]
+        assert float(row["max_abs_error"]) == pytest.approx(metrics["max_abs_error"])
+        assert float(row["max_rel_error_vs_ref_max"]) == pytest.approx(
+            metrics["max_abs_error"] / metrics["reference_max_abs"])
+        assert float(row["allowed_abs_error"]) == pytest.approx(
+            tolerance["atol"] + tolerance["rtol"] * metrics["reference_max_abs"])
+        assert float(row["max_elementwise_rel_error"]) == pytest.approx(metrics["max_rel_error"])
+        assert "smallest_rtol" not in row and "max_rel_error" not in row
+    markdown = (reports / "accuracy/accuracy.md").read_text()
+    legend = markdown.index("max_rel_error_vs_ref_max = max_abs_error / reference_max_abs")
+    assert legend < markdown.index("| backend")
+    assert "max_elementwise_rel_error = max |a - ref| / |ref| per logit" in markdown
+
+
+def _assert_drawn(path: Path, size: tuple[int, int], bands: int = 1) -> None:
+    """A real PNG of ``size`` with something drawn in each of ``bands`` horizontal bands below the title."""
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == size
+        pixels = np.asarray(image.convert("L"))
+    body = pixels[round(PLOT_DPI * PANEL_MARGIN_IN * 0.6):]
+    for band in np.array_split(body, bands):
+        assert len(np.unique(band)) > 10  # drawn, not blank
+
+
 def test_plots_are_real_png_images(reports):
     for name, size in PLOT_SIZES.items():
-        with Image.open(reports / "latency" / name) as image:
-            image.verify()
-        with Image.open(reports / "latency" / name) as image:
-            assert image.format == "PNG" and image.size == size
-            assert len(np.unique(np.asarray(image.convert("L")))) > 10  # drawn, not blank
+        _assert_drawn(reports / "latency" / name, size, bands=2 if name == "latency_distribution.png" else 1)
+
+
+def test_plots_name_the_run_and_show_every_backend_and_its_values(reports, tmp_path):
+    report = load_report(reports / "latency")
+    caption = plot_caption(report)
+    assert caption.startswith("eca_mobilenet_v2 3x64x64, fp32, threads default | ")
+    assert f"{platform.node()}: {report['environment']['cpu']}" in caption
+    results = report["latency"]["results"]
+    batch, panels = distribution_panels(report)
+    assert batch == 1 and [panel["name"] for panel in panels] == ["ort-cpu:mnv2.onnx", "torch-cpu"]
+    for panel, point in zip(panels, [p for p in results if p["batch_size"] == 1]):
+        assert panel["samples_ms"] == point["samples_ms"]
+        assert f"p50 {point['latency_ms']['p50']:.3g} ms, p99 {point['latency_ms']['p99']:.3g} ms" in panel["title"]
+    for name, value, label in offline_bars(report):
+        best = max((p for p in results if p["backend"]["name"] == name), key=lambda p: p["throughput_images_per_s"])
+        assert value == best["throughput_images_per_s"]
+        assert label == f"{value:.4g} images/s (batch {best['batch_size']})"
+
+    # A backend a hundred times slower than the other gets its own panel and range, not a corner of a shared axis.
+    slow = copy.deepcopy(report)
+    for point in slow["latency"]["results"]:
+        if point["backend"]["name"] == "torch-cpu":
+            point["samples_ms"] = [value * 100 for value in point["samples_ms"]]
+    plot_latency(slow, tmp_path)
+    _assert_drawn(tmp_path / "latency_distribution.png", PLOT_SIZES["latency_distribution.png"], bands=2)
 
 
 def test_compare_prints_ratios_side_by_side(reports, tmp_path, capsys):
@@ -126,6 +191,37 @@ def test_compare_prints_ratios_side_by_side(reports, tmp_path, capsys):
     assert "1.00x" in capsys.readouterr().out
 
 
+def test_compare_warns_in_one_line_when_the_runs_differ(reports, tmp_path, capsys):
+    quiet = load_report(reports / "latency")
+    quiet["run"]["cpu_load"]["other_fraction"] = 0.0
+    elsewhere = copy.deepcopy(quiet)
+    elsewhere["environment"]["host"] = "orin-nano"
+    elsewhere["run"]["threads"] = 4
+    for point in elsewhere["latency"]["results"]:
+        if point["backend"]["name"] == "torch-cpu":
+            point["backend"]["precision"] = "fp16"
+
+    def compare(a: dict, b: dict) -> str:
+        (tmp_path / "a.json").write_text(json.dumps(a))
+        (tmp_path / "b.json").write_text(json.dumps(b))
+        assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+        return capsys.readouterr().err
+
+    assert compare(quiet, quiet) == ""
+    (line,) = compare(quiet, elsewhere).splitlines()
+    assert line.startswith("warning: the runs differ in ") and line.endswith("the ratios measure that too")
+    assert f"host (a: {platform.node()}, b: orin-nano)" in line and "threads (a: default, b: 4)" in line
+    assert "precision (a: fp32, b: fp16/fp32)" in line
+    busy = copy.deepcopy(quiet)
+    busy["run"]["cpu_load"]["other_fraction"] = 0.5
+    (line,) = compare(quiet, busy).splitlines()
+    assert "other processes kept the CPUs busy (a: 0%, b: 50%)" in line
+    older = copy.deepcopy(quiet)
+    del older["run"]  # a version-1 report written before runs were recorded
+    (line,) = compare(older, quiet).splitlines()
+    assert "threads (a: not recorded, b: default)" in line
+
+
 def test_compare_refuses_what_it_cannot_compare(reports, tmp_path, capsys):
     future = copy.deepcopy(load_report(reports / "latency"))
     future["schema_version"] = 99
@@ -137,7 +233,8 @@ def test_compare_refuses_what_it_cannot_compare(reports, tmp_path, capsys):
              ([latency, str(tmp_path / "future.json")], "schema version 99"),
              ([latency, str(tmp_path / "other.json")], "is not an eca-deploy report"),
              ([latency, str(tmp_path / "garbage.json")], "is not a JSON report"),
-             ([latency, str(tmp_path / "missing.json")], "does not exist")]
+             ([latency, str(tmp_path / "missing.json")], "does not exist"),
+             ([latency, latency, "--json", str(tmp_path)], "is a folder; name the file to write")]
     for args, message in cases:
         assert main(["compare", *args]) == 2
         assert message in capsys.readouterr().err
@@ -180,13 +277,17 @@ def test_jetson_script_plans_valid_commands(tmp_path, capsys):
     assert script.run(["--plugin", str(plugin), "--batch-sizes", "1", "8", "-o", str(tmp_path / "out"),
                        "--dry-run"]) == 0
     commands = capsys.readouterr().out.splitlines()
-    assert len(commands) == 2 * 2 * 5  # 2 models x 2 precisions x (export, 2 builds, validate, bench)
+    assert len(commands) == 2 * 3 * 5  # 2 models x 3 precisions x (export, 2 builds, validate, bench)
     parser = build_parser()
     for command in commands:
         parser.parse_args(shlex.split(command)[1:])  # every planned command is valid eca-deploy syntax
     assert any("eca_resnet50.fp16.plugin.engine" in c and c.startswith("eca-deploy build") for c in commands)
     bench = next(c for c in commands if " bench eca_mobilenet_v2 " in c and "torch-cuda-fp16" in c)
     assert "--batch-sizes 1 8" in bench and "--power auto" in bench
+    int8 = [c for c in commands if "eca_resnet50.int8" in c or " export eca_resnet50 --int8" in c]
+    assert any(c.startswith("eca-deploy export eca_resnet50 --int8") for c in int8)
+    assert any("eca_resnet50.int8.plugin.engine" in c and c.startswith("eca-deploy build") for c in commands)
+    assert any(" validate eca_resnet50 " in c and "--precision int8" in c for c in commands)
     assert not (tmp_path / "out").exists()
 
 

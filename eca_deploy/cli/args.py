@@ -71,19 +71,25 @@ def add_harness_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
     group.add_argument("-b", "--backend", action="append", default=[], metavar="NAME[=FILE]",
                        help="backend to run, repeatable: torch-cpu, torch-cuda, torch-cuda-fp16, ort-cpu=M.onnx, "
                             "ort-cuda=M.onnx, ort-trt=M.onnx, trt=M.engine, trt-rtx=M.engine (default: export the "
-                            "model and use every backend this machine has)")
-    group.add_argument("--fp16", action="store_true", help="with the default backends: export and run FP16 models")
+                            "model and use every backend this machine has); files must take SOURCE's input and "
+                            "give its classes")
+    group.add_argument("--fp16", action="store_true",
+                       help="with the default backends: export and run FP16 models (named files carry their own "
+                            "precision)")
     group.add_argument("--plugin", type=Path, metavar="SO",
                        help="plugin library for trt engines with EcaAttention layers and for ort-trt "
                             "(default: $ECA_PLUGIN_LIBRARY)")
-    group.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads (default: its own)")
+    group.add_argument("--threads", type=positive_int, metavar="N",
+                       help="intra-op threads of one inference on the CPU: torch.set_num_threads for PyTorch and "
+                            "intra_op_num_threads for ONNX Runtime sessions (default: each runtime's own, about one "
+                            "per core); recorded in the report")
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--images", type=Path, metavar="DIR",
                         help="folder of images (ImageFolder class folders, or flat), preprocessed as the authors did "
                              "(default: seeded random inputs)")
     inputs.add_argument("--class-index", type=Path, metavar="FILE",
-                        help="class folder name per line in model order, or imagenet_class_index.json "
+                        help="with --images: class folder name per line in model order, or imagenet_class_index.json "
                              "(default: sorted class folders)")
-    inputs.add_argument("--limit", type=int, metavar="N", help="use at most N images")
+    inputs.add_argument("--limit", type=positive_int, metavar="N", help="with --images: use at most N images")
     inputs.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     add_output_args(parser, default_dir)

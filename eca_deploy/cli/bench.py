@@ -6,8 +6,10 @@ preprocessing (with --images), host-to-device copy, device compute (CUDA events 
 host copy and postprocessing (softmax, top-5). Reports p50/p90/p95/p99, mean, std, min, max,
 throughput, the mean time of each stage, single-stream (batch 1) and offline (best throughput)
 summaries and, on Jetson, INA3221 power (module input, VDD_CPU_GPU_CV, VDD_SOC...), joules per image
-and images per second per watt, with the environment (CPU, GPU, driver, versions, nvpmodel mode,
-jetson_clocks) in every report. Writes latency.json, latency.csv, latency.md and PNG plots.
+and images per second per watt, with the machine (host, CPU, cores, GPU, driver, versions, nvpmodel
+mode, jetson_clocks), --threads and the CPU load during the run (warned about when other processes
+took over 10 % of the CPUs) in every report. Writes latency.json, latency.csv, latency.md and PNG
+plots titled with the model, precision, threads and host.
 Exit codes: 0 success, 2 bad input.
 
 Examples:
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from eca_deploy.cli.args import add_harness_args, add_model_args
+from eca_deploy.cli.args import add_harness_args, add_model_args, positive_int
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.options import POWER_SOURCES
 
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     add_harness_args(parser, default_dir="reports/latency")
     group = parser.add_argument_group("benchmark")
-    group.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N",
+    group.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8], metavar="N",
                        help="batch sizes to sweep (default: 1 8); batch 1 is the single-stream scenario")
     group.add_argument("--warmup-iterations", type=int, default=5, metavar="N",
                        help="at least N warm-up runs (default: 5)")
@@ -51,39 +53,42 @@ def run(args: argparse.Namespace) -> int:
     from eca_deploy.harness.data import Batch, RandomInputs
     from eca_deploy.harness.environment import PowerSampler
     from eca_deploy.harness.latency import LatencySettings, measure_latency, scenario_summary
+    from eca_deploy.harness.report import BUSY_OTHER_FRACTION
 
-    if min(args.batch_sizes) < 1:
-        raise EcaDeployError(f"batch sizes must be at least 1, got {args.batch_sizes}")
     try:
         settings = LatencySettings(args.warmup_iterations, args.warmup_seconds, args.iterations, args.duration)
     except ValueError as error:
         raise EcaDeployError(str(error)) from error
     batch_sizes = sorted(set(args.batch_sizes))
     sampler = PowerSampler(args.power, interval_s=args.power_interval)
-    session = _harness.start(args, include_torch_cpu=True, engine_max_batch=max(batch_sizes))
-    if args.images:
-        images = session.images(max(batch_sizes))
-        next_batch, inputs = images.batch_of, images.describe() | {"batch_sizes": batch_sizes}
-    else:
-        random = RandomInputs(session.input_shape, batch_size=max(batch_sizes), num_batches=1, seed=args.seed)
-        pool = {size: [random.batch(size, index) for index in range(2)] for size in batch_sizes}
+    with _harness.start(args, include_torch_cpu=True, batch_size=max(batch_sizes),
+                        cuda_graphs=args.cuda_graphs) as session:
+        if session.images:
+            next_batch, inputs = session.images.batch_of, session.images.describe() | {"batch_sizes": batch_sizes}
+        else:
+            random = RandomInputs(session.input_shape, batch_size=max(batch_sizes), num_batches=1, seed=args.seed)
+            pool = {size: [random.batch(size, index) for index in range(2)] for size in batch_sizes}
 
-        def next_batch(size: int, index: int) -> Batch:
-            return Batch(pool[size][index % 2], None)
+            def next_batch(size: int, index: int) -> Batch:
+                return Batch(pool[size][index % 2], None)
 
-        inputs = random.describe() | {"batch_sizes": batch_sizes}
-    results = []
-    with session.backends(cuda_graphs=args.cuda_graphs) as backends:
-        with session.progress.bar(len(backends) * len(batch_sizes), "Benchmarking") as bar:
-            for backend in backends:
-                for size in batch_sizes:
-                    results.append(measure_latency(backend, size, next_batch, settings=settings, sampler=sampler,
-                                                   bar=bar))
-    summary = scenario_summary(results)
-    body = {"settings": asdict(settings) | {"batch_sizes": batch_sizes, "cuda_graphs": args.cuda_graphs,
-                                            "power_source": sampler.source},
-            "results": [result.to_dict() for result in results], "summary": summary}
-    session.write("latency", inputs, body, plots=not args.no_plots)
+            inputs = random.describe() | {"batch_sizes": batch_sizes}
+        results = []
+        with session.backends() as backends:
+            with session.progress.bar(len(backends) * len(batch_sizes), "Benchmarking") as bar:
+                for backend in backends:
+                    for size in batch_sizes:
+                        results.append(measure_latency(backend, size, next_batch, settings=settings, sampler=sampler,
+                                                       bar=bar))
+        summary = scenario_summary(results)
+        body = {"settings": asdict(settings) | {"batch_sizes": batch_sizes, "cuda_graphs": args.cuda_graphs,
+                                                "power_source": sampler.source},
+                "results": [result.to_dict() for result in results], "summary": summary}
+        session.write("latency", inputs, body, plots=not args.no_plots)
+    other = session.cpu_load.other_fraction
+    if other is not None and other >= BUSY_OTHER_FRACTION:
+        _harness.warn(f"other processes kept {other:.0%} of the CPUs busy during the benchmark, so these timings "
+                      f"may be slower than this machine gives")
     for name, figures in summary.items():
         single, offline = figures["single_stream"], figures["offline"]
         line = f"{name}: "

@@ -2,7 +2,9 @@
 
 Latency reports: p50 and p99 latency, throughput and joules per image per (backend, precision,
 batch size). Accuracy reports: max abs error, cosine similarity, top-1 agreement and accuracy per
-(backend, precision). Give report JSON files or the folders holding them.
+(backend, precision). Give report JSON files or the folders holding them. A warning line names what
+the two runs did not share (host, CPU, GPU, --threads, precisions, a busy machine), since the
+ratios then measure that too.
 Exit codes: 0 success, 2 unreadable or incompatible reports.
 
 Examples:
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from eca_deploy._io import write_text_atomic
+from eca_deploy._io import check_output_dir, write_text_atomic
+from eca_deploy.errors import EcaDeployError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +30,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eca_deploy.harness.report import compare_reports, format_comparison, load_report
+    from eca_deploy.harness.report import compare_reports, comparison_warning, format_comparison, load_report
 
+    if args.json is not None:
+        if args.json.is_dir():
+            raise EcaDeployError(f"--json {args.json} is a folder; name the file to write")
+        check_output_dir(args.json.parent, "--json")
     baseline, candidate = load_report(args.baseline), load_report(args.candidate)
     rows = compare_reports(baseline, candidate)
+    warning = comparison_warning(baseline, candidate)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(format_comparison(rows, baseline["kind"], (str(args.baseline), str(args.candidate))), end="")
     if args.json:
         write_text_atomic(args.json, json.dumps({"baseline": str(args.baseline), "candidate": str(args.candidate),
-                                                 "kind": baseline["kind"], "rows": rows}, indent=2) + "\n")
+                                                 "kind": baseline["kind"], "warning": warning,
+                                                 "rows": rows}, indent=2) + "\n")
     return 0

@@ -37,6 +37,7 @@ import numpy as np
 
 from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.harness.environment import cpu_name, cuda_device_name
+from eca_deploy.runtime.spec import InputSpec
 
 TORCH_BACKENDS = ("torch-cpu", "torch-cuda", "torch-cuda-fp16")
 ONNXRUNTIME_BACKENDS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
@@ -100,10 +101,13 @@ class TorchBackend:
     """PyTorch eager on CPU or CUDA; optional FP16 and CUDA graphs (one graph per batch size).
 
     FP32 on CUDA runs with TF32 off (PyTorch enables it for cuDNN convolutions by default), so
-    ``torch-cuda`` is an FP32 reference on the GPU.
+    ``torch-cuda`` is an FP32 reference on the GPU. ``threads`` sets PyTorch's intra-op threads on the
+    CPU (``torch.set_num_threads``, which holds for the whole process), as ``--threads`` does for
+    ONNX Runtime's CPU sessions.
     """
 
-    def __init__(self, module, *, device: str = "cpu", precision: str = "fp32", cuda_graphs: bool = False) -> None:
+    def __init__(self, module, *, device: str = "cpu", precision: str = "fp32", cuda_graphs: bool = False,
+                 threads: int | None = None) -> None:
         import torch
 
         if device == "cuda" and not torch.cuda.is_available():
@@ -113,6 +117,8 @@ class TorchBackend:
             raise EcaDeployError("PyTorch FP16 runs on CUDA only: use torch-cuda-fp16")
         if cuda_graphs and device != "cuda":
             raise EcaDeployError("CUDA graphs need a CUDA device")
+        if threads is not None and device == "cpu":
+            torch.set_num_threads(threads)
         self.torch, self.device, self.precision, self.cuda_graphs = torch, torch.device(device), precision, cuda_graphs
         self.dtype = torch.float16 if precision == "fp16" else torch.float32
         if device != "cpu" or precision != "fp32":  # .to() moves modules in place: leave the caller's alone
@@ -194,7 +200,7 @@ class OnnxRuntimeBackend:
         from eca_deploy.onnx_files import load_graph, onnx_precision
         from eca_deploy.runtime.onnxrt import OnnxRuntimeBackend as Session
 
-        self.onnx_path = Path(path)
+        self.onnx_path, self.threads = Path(path), threads
         self._session = Session(self.onnx_path, providers=[provider],
                                 plugin_library=plugin_library if provider == "TensorrtExecutionProvider" else None,
                                 max_batch=max_batch, intra_op_threads=threads)
@@ -235,7 +241,8 @@ class OnnxRuntimeBackend:
 
         return {"name": self.name, "runtime": "onnxruntime", "version": ort.__version__,
                 "device": ort.get_device(), "precision": self.precision, "provider": self.provider,
-                "providers_in_session": self._session.providers, "model": self.onnx_path.name}
+                "providers_in_session": self._session.providers, "model": self.onnx_path.name,
+                "threads": self.threads}  # intra-op threads; None: ONNX Runtime's default (one per physical core)
 
     def close(self) -> None:
         self._session.close()
@@ -254,9 +261,13 @@ class TensorRTBackend:
         self.cuda_graphs = cuda_graphs
         self.name = {value: key for key, value in TENSORRT_BACKENDS.items()}[tensorrt_module]
         spec = self._engine.spec
-        # Strongly typed engines keep float32 I/O whatever they compute in; eca-export tags FP16 files.
-        self.precision = "fp16" if spec.dtype == np.float16 or ".fp16." in self.engine_path.name else "fp32"
+        self.precision = engine_precision(self.engine_path.name, spec.dtype)
         self.onnx_path = None
+
+    @property
+    def spec(self) -> InputSpec:
+        """The engine's input and output: per-sample shape, class count, batch range."""
+        return self._engine.spec
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.run_timed(batch)[0]
@@ -297,6 +308,16 @@ def parse_backend_spec(spec: str) -> tuple[str, Path | None]:
     return name, path
 
 
+def engine_precision(file_name: str, input_dtype: np.dtype) -> str:
+    """What an engine computes in, as far as its file tells: strongly typed engines keep float32 I/O
+    whatever they compute in, so the precision tag eca-export and eca-deploy build put in file names
+    (``.fp16.``, ``.int8.``) decides; an FP16 input means FP16."""
+    for precision in ("int8", "fp16"):
+        if f".{precision}." in file_name:
+            return precision
+    return "fp16" if input_dtype == np.float16 else "fp32"
+
+
 def create_backend(name: str, *, model_path: Path | None = None, module_factory: Callable[[], Any] | None = None,
                    plugin_library: Path | None = None, cuda_graphs: bool = False,
                    threads: int | None = None) -> Backend:
@@ -306,7 +327,7 @@ def create_backend(name: str, *, model_path: Path | None = None, module_factory:
             raise EcaDeployError(f"{name} needs the PyTorch model (a checkpoint or zoo name)")
         device = "cpu" if name == "torch-cpu" else "cuda"
         return TorchBackend(module_factory(), device=device, precision="fp16" if name.endswith("fp16") else "fp32",
-                            cuda_graphs=cuda_graphs)
+                            cuda_graphs=cuda_graphs, threads=threads)
     if name in ONNXRUNTIME_BACKENDS:
         if cuda_graphs:
             raise EcaDeployError("--cuda-graphs applies to torch-cuda and trt backends, not ONNX Runtime")

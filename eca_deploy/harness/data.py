@@ -9,7 +9,8 @@ Image folders come in two layouts, as torchvision reads them:
 - flat: ``root/<image>``; no labels, so only agreement with the reference is reported.
 
 Images are preprocessed with the authors' transforms (:mod:`eca_deploy.preprocess`) scaled to
-the model's input size.
+the model's input size. Every image is opened (its header, no decoding) when the folder is read, so
+a file that is not an image is reported before any model is loaded.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from eca_deploy.errors import EcaDeployError
+from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.parity import seeded_inputs
 from eca_deploy.preprocess import Preprocessing
 
@@ -66,7 +67,11 @@ class RandomInputs:
 
 
 class ImageFolderInputs:
-    """Images under ``root`` (ImageFolder or flat layout), preprocessed in batches of ``batch_size``."""
+    """Images under ``root`` (ImageFolder or flat layout), preprocessed in batches of ``batch_size``.
+
+    ``num_classes``: how many classes the labels index (the class index's length, else the number of
+    class folders); None for a flat folder.
+    """
 
     def __init__(self, root: str | Path, preprocessing: Preprocessing, *, batch_size: int,
                  class_index: str | Path | None = None, limit: int | None = None) -> None:
@@ -86,14 +91,20 @@ class ImageFolderInputs:
                 raise EcaDeployError(f"class folders {', '.join(unknown[:5])} are not in the class index "
                                      f"{class_index}")
             self.samples = [(path, index[name]) for name, images in class_images.items() for path in images]
+            self.num_classes: int | None = len(index)
         else:
-            self.layout = "flat"
+            if class_index:
+                raise EcaDeployError(f"the class index {class_index} labels class folders, and {self.root} has none "
+                                     f"(its images are not in <class>/<image> folders)")
+            self.layout, self.num_classes = "flat", None
             self.samples = [(path, -1) for path in _images_in(self.root)]
         if not self.samples:
             raise EcaDeployError(f"no images in {self.root} (looked for {', '.join(IMAGE_SUFFIXES)} files, "
                                  f"directly or in class folders)")
         if limit is not None:
             self.samples = self.samples[:limit]
+        for path, _ in self.samples:
+            _check_image(path)
 
     @property
     def has_labels(self) -> bool:
@@ -121,7 +132,7 @@ class ImageFolderInputs:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "images", "root": str(self.root), "layout": self.layout, "samples": len(self.samples),
-                "labels": self.has_labels, "batch_size": self.batch_size,
+                "labels": self.has_labels, "num_classes": self.num_classes, "batch_size": self.batch_size,
                 "preprocessing": {"resize": self.preprocessing.resize, "crop": self.preprocessing.crop,
                                   "mean": list(self.preprocessing.mean), "std": list(self.preprocessing.std),
                                   "interpolation": self.preprocessing.interpolation}}
@@ -129,6 +140,17 @@ class ImageFolderInputs:
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _check_image(path: Path) -> None:
+    """Open ``path`` and read its header (no decoding): unreadable and non-image files fail here."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            pass
+    except (OSError, ValueError) as error:
+        raise EcaDeployError(f"cannot read image {path}: {first_line(error)}") from error
 
 
 def load_class_index(path: str | Path) -> dict[str, int]:

@@ -9,6 +9,9 @@ Power on Jetson comes from the module's INA3221 monitors, read either
 
 The module total is ``VDD_IN`` where the board has it (Orin NX/Nano, Xavier NX), else the sum of
 the rails the board splits its input into (AGX Orin, AGX Xavier); :data:`MODULE_TOTAL_RAILS`.
+
+CPU load during a run (:func:`measure_cpu_load`) comes from ``/proc/stat`` (every process) and the
+process's own CPU time, so a report says how much of the machine other processes took meanwhile.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +125,76 @@ def capture_environment(root: Path = Path("/")) -> dict[str, Any]:
         "onnxruntime_providers": ort.get_available_providers(),
         "jetson": jetson_info(root),
     }
+
+
+# ---------------------------------------------------------------------------------------------- CPU load
+
+
+@dataclass(frozen=True)
+class CpuLoad:
+    """How busy the CPUs were during a phase, as fractions of all CPUs (1.0: every CPU busy throughout).
+
+    ``busy_fraction`` counts every process (``/proc/stat``), ``own_fraction`` this process alone
+    (``os.times``), so ``other_fraction`` is what other processes took from the run. ``None`` where
+    ``/proc`` is not there (not Linux).
+    """
+
+    seconds: float
+    cpus: int
+    busy_fraction: float | None
+    own_fraction: float
+    load_average_1min_before: float | None
+    load_average_1min_after: float | None
+
+    @property
+    def other_fraction(self) -> float | None:
+        return None if self.busy_fraction is None else max(0.0, self.busy_fraction - self.own_fraction)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"other_fraction": self.other_fraction}
+
+
+def _cpu_jiffies(root: Path) -> tuple[tuple[int, int], int] | None:
+    """((busy, total) jiffies summed over every CPU, number of CPUs) from ``/proc/stat``, or None."""
+    text = _read(root / "proc/stat")
+    if not text:
+        return None
+    lines = text.splitlines()
+    values = [int(field) for field in lines[0].split()[1:]]  # user nice system idle iowait irq softirq steal ...
+    total = sum(values[:8])  # guest time is already counted in user and nice
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    cpus = sum(1 for line in lines if re.match(r"cpu\d", line))
+    return (total - idle, total), cpus or os.cpu_count() or 1
+
+
+def _load_average(root: Path) -> float | None:
+    text = _read(root / "proc/loadavg")
+    return float(text.split()[0]) if text else None
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+@contextlib.contextmanager
+def measure_cpu_load(root: Path = Path("/")) -> Iterator[list[CpuLoad]]:
+    """Measure CPU use during the ``with`` block; the yielded list holds one :class:`CpuLoad` afterwards."""
+    result: list[CpuLoad] = []
+    load_before, jiffies_before = _load_average(root), _cpu_jiffies(root)
+    own_before, start = _own_cpu_seconds(), time.perf_counter()
+    try:
+        yield result
+    finally:
+        seconds, own = time.perf_counter() - start, _own_cpu_seconds() - own_before
+        jiffies_after = _cpu_jiffies(root)
+        busy, cpus = None, os.cpu_count() or 1
+        if jiffies_before and jiffies_after:
+            (busy_a, total_a), _ = jiffies_before
+            (busy_b, total_b), cpus = jiffies_after
+            busy = (busy_b - busy_a) / (total_b - total_a) if total_b > total_a else None
+        own_fraction = min(1.0, own / (seconds * cpus)) if seconds > 0 else 0.0
+        result.append(CpuLoad(seconds, cpus, busy, own_fraction, load_before, _load_average(root)))
 
 
 # ---------------------------------------------------------------------------------------------- power

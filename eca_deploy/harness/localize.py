@@ -25,7 +25,7 @@ from torch import nn
 from eca_deploy.errors import EcaDeployError, first_line
 
 # Relative error below which an ONNX tensor reproduces a PyTorch module output.
-MATCH_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
+MATCH_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.25}  # INT8 layers are a few % off each, compounding
 
 
 @dataclass(frozen=True)

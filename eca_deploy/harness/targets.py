@@ -5,6 +5,13 @@ machine has is used: PyTorch CPU, ONNX Runtime CPU on both models and, on a GPU,
 ONNX Runtime CUDA and TensorRT engines built from the plain model (native layers) and from the
 fused model with the plugin library (EcaAttention plugin layers). What cannot run here is listed
 with the reason, so the same command adds the GPU backends on a GPU without changes.
+
+A run goes in three steps, so that every mistake in the arguments is found before a model loads:
+:func:`plan_backends` reads the names, files and plugin library (nothing is loaded or written);
+:func:`prepare` writes what the automatic plan runs (exports, engines); :func:`instantiate` opens
+the backends. Files named on the command line must take the reference model's input and give its
+classes (:class:`ReferenceShape`): ONNX files are checked from the file before any backend opens,
+engines once they are open (deserializing one needs its GPU).
 """
 
 from __future__ import annotations
@@ -18,38 +25,106 @@ from torch import nn
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.export import export_onnx
-from eca_deploy.harness.backends import (CUDA_GRAPH_BACKENDS, PLUGIN_BACKENDS, Backend, available_backends, create_backend,
-                                         parse_backend_spec)
-from eca_deploy.onnx_files import save_onnx
+from eca_deploy.harness.backends import (CUDA_GRAPH_BACKENDS, ONNXRUNTIME_BACKENDS, PLUGIN_BACKENDS, Backend,
+                                         TensorRTBackend, available_backends, create_backend)
+from eca_deploy.onnx_files import load_graph, save_onnx
 from eca_deploy.passes import fuse_eca
 from eca_deploy.progress import Progress
 from eca_deploy.tensorrt.plugin_library import resolve_plugin_library
 
 
+@dataclass(frozen=True)
+class ReferenceShape:
+    """What every backend must accept and give: the reference model's per-sample input and class count.
+
+    ``source`` names the reference model in messages (``eca_mobilenet_v2 (the default SOURCE)``);
+    ``num_classes`` is None when the checkpoint does not say.
+    """
+
+    sample_shape: tuple[int, int, int]
+    num_classes: int | None
+    source: str
+
+    def check(self, label: str, sample_shape: Sequence[int | None], num_classes: int | None) -> None:
+        """Refuse ``label`` when a fixed dimension of its input, or its class count, differs from the reference's
+        (None stands for a symbolic dimension, which fits anything)."""
+        input_differs = len(sample_shape) != len(self.sample_shape) or any(
+            dim is not None and dim != expected for dim, expected in zip(sample_shape, self.sample_shape))
+        classes_differ = None not in (num_classes, self.num_classes) and num_classes != self.num_classes
+        if input_differs or classes_differ:
+            raise EcaDeployError(
+                f"{label} maps {_shape(sample_shape)} to {_classes(num_classes)}, but the reference model "
+                f"{self.source} maps {_shape(self.sample_shape)} to {_classes(self.num_classes)}: pass the model the "
+                f"file was exported from as SOURCE (and its --input-size, --num-classes) so both run the same model")
+
+
+def _shape(sample_shape: Sequence[int | None]) -> str:
+    return " x ".join(["N", *("?" if dim is None else str(dim) for dim in sample_shape)])
+
+
+def _classes(num_classes: int | None) -> str:
+    return "an unknown number of classes" if num_classes is None else f"{num_classes} classes"
+
+
+def onnx_io_shape(path: Path) -> tuple[list[int | None], int | None]:
+    """The per-sample input shape and the class count of an ONNX classifier, read from the file
+    (weights not loaded); None for a symbolic dimension."""
+    graph = load_graph(path).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]
+
+    def dims(value) -> list[int | None]:
+        return [dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim]
+
+    input_dims = dims(inputs[0])[1:] if inputs else []
+    output_dims = dims(graph.output[0]) if graph.output else []
+    return input_dims, output_dims[-1] if len(output_dims) == 2 else None
+
+
+@dataclass(frozen=True)
+class EngineToBuild:
+    """A TensorRT engine the automatic plan builds: native layers, or plugin layers with the library."""
+
+    kind: str  # "native" or "plugin"
+    onnx_path: Path
+    engine_path: Path
+    plugin_library: Path | None
+
+
 @dataclass
 class BackendPlan:
-    """Backends to instantiate as (name, file) and the ones left out with their reasons."""
+    """Backends to instantiate as (name, file), the ones left out with their reasons, and the files the
+    automatic plan writes before it runs (:func:`prepare`)."""
 
     backends: list[tuple[str, Path | None]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
+    exports: dict[str, Path] = field(default_factory=dict)  # "onnx", "fused_onnx" -> where the export goes
+    engines: list[EngineToBuild] = field(default_factory=list)
     plugin_library: Path | None = None  # --plugin, else $ECA_PLUGIN_LIBRARY
 
+    @property
+    def files(self) -> dict[str, Path]:
+        """Every file the plan writes, by role (``onnx``, ``fused_onnx``, ``native_engine``, ``plugin_engine``)."""
+        return self.exports | {f"{engine.kind}_engine": engine.engine_path for engine in self.engines}
 
-def plan_backends(specs: Sequence[str], *, module: nn.Module, work_dir: Path, input_shape: tuple[int, int, int],
-                  precision: str, include_torch_cpu: bool, plugin_library: Path | None,
-                  engine_batch: tuple[int, int, int], progress: Progress) -> BackendPlan:
-    """The explicit ``specs`` (``NAME[=FILE]``), or with none the automatic plan described above."""
+
+def plan_backends(specs: Sequence[tuple[str, Path | None]], *, work_dir: Path | None, precision: str,
+                  include_torch_cpu: bool, plugin_library: Path | None) -> BackendPlan:
+    """The parsed ``specs`` (``parse_backend_spec``), or with none the automatic plan described above, whose
+    files go to ``work_dir``. Loads and writes nothing."""
     plan = BackendPlan()
     if specs:
-        plan.backends = [parse_backend_spec(spec) for spec in specs]
+        plan.backends = list(specs)
         if any(name in PLUGIN_BACKENDS for name, _ in plan.backends):
             plan.plugin_library = resolve_plugin_library(plugin_library)
         return plan
+    if work_dir is None:
+        raise ValueError("the automatic plan exports the model: give work_dir")
     plan.plugin_library = resolve_plugin_library(plugin_library)
     available = available_backends()
-    plain, fused = _export_models(module, work_dir, input_shape, precision, progress)
-    plan.files = {"onnx": str(plain), "fused_onnx": str(fused)}
+    tag = f"model.{precision}" if precision == "fp16" else "model"
+    plain, fused = work_dir / f"{tag}.onnx", work_dir / f"{tag}.eca.onnx"
+    plan.exports = {"onnx": plain, "fused_onnx": fused}
     torch_gpu = "torch-cuda-fp16" if precision == "fp16" else "torch-cuda"
     wanted: list[tuple[str, Path | None]] = [("torch-cpu", None)] if include_torch_cpu else []
     wanted += [("ort-cpu", plain), ("ort-cpu", fused), (torch_gpu, None), ("ort-cuda", fused)]
@@ -65,47 +140,56 @@ def plan_backends(specs: Sequence[str], *, module: nn.Module, work_dir: Path, in
     if available["trt"] is not None:
         plan.skipped["trt"] = available["trt"]
         return plan
-    from eca_deploy.tensorrt.engine import build_engine
-
-    engines = [("native", plain, None)]
+    plan.engines.append(EngineToBuild("native", plain, work_dir / f"{tag}.engine", None))
     if plan.plugin_library is not None:
-        engines.append(("plugin", fused, plan.plugin_library))
+        plan.engines.append(EngineToBuild("plugin", fused, work_dir / f"{tag}.eca.engine", plan.plugin_library))
     else:
         plan.skipped["trt (plugin engine)"] = "no plugin library: pass --plugin or set $ECA_PLUGIN_LIBRARY"
-    for kind, onnx_path, plugin in engines:
-        engine_path = work_dir / f"{onnx_path.name.removesuffix('.onnx')}.engine"
-        with progress.step(f"Building the {kind} TensorRT engine {engine_path.name}"):
-            build_engine(onnx_path, engine_path, batch=engine_batch, plugin_library=plugin, backend="tensorrt",
-                         progress=progress)
-        plan.backends.append(("trt", engine_path))
-        plan.files[f"{kind}_engine"] = str(engine_path)
+    plan.backends += [("trt", engine.engine_path) for engine in plan.engines]
     return plan
 
 
-def _export_models(module: nn.Module, work_dir: Path, input_shape: tuple[int, int, int], precision: str,
-                   progress: Progress) -> tuple[Path, Path]:
-    """Export ``module`` to plain and ECA-fused ONNX in ``work_dir``."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"model.{precision}" if precision == "fp16" else "model"
-    plain, fused = work_dir / f"{tag}.onnx", work_dir / f"{tag}.eca.onnx"
-    with progress.step(f"Exporting {precision.upper()} ONNX and fusing ECA blocks into {work_dir}"):
-        export_onnx(module, plain, input_shape=input_shape, precision=precision)
-        fused_model, _ = fuse_eca(onnx.load(str(plain)))
-        save_onnx(fused_model, fused)
-    return plain, fused
+def check_files(plan: BackendPlan, reference: ReferenceShape) -> None:
+    """Refuse a named ONNX file whose input or class count differs from the reference model's."""
+    written = set(plan.files.values())
+    for name, path in plan.backends:
+        if name in ONNXRUNTIME_BACKENDS and path not in written:
+            reference.check(f"{name}={path}", *onnx_io_shape(path))
+
+
+def prepare(plan: BackendPlan, *, module: nn.Module, input_shape: tuple[int, int, int], precision: str,
+            engine_batch: tuple[int, int, int], progress: Progress) -> None:
+    """Write the files the automatic plan runs: export and fuse the model, build the engines."""
+    if plan.exports:
+        plain, fused = plan.exports["onnx"], plan.exports["fused_onnx"]
+        with progress.step(f"Exporting {precision.upper()} ONNX and fusing ECA blocks"):
+            export_onnx(module, plain, input_shape=input_shape, precision=precision)
+            fused_model, _ = fuse_eca(onnx.load(str(plain)))
+            save_onnx(fused_model, fused)
+    if not plan.engines:
+        return
+    from eca_deploy.tensorrt.engine import build_engine  # TensorRT is optional: imported when an engine is built
+
+    for engine in plan.engines:
+        with progress.step(f"Building the {engine.kind} TensorRT engine {engine.engine_path.name}"):
+            build_engine(engine.onnx_path, engine.engine_path, batch=engine_batch,
+                         plugin_library=engine.plugin_library, backend="tensorrt", progress=progress)
 
 
 def instantiate(plan: BackendPlan, *, module_factory: Callable[[], nn.Module], cuda_graphs: bool,
-                threads: int | None) -> list[Backend]:
-    """Create the planned backends; on any failure close the ones already created."""
+                threads: int | None, reference: ReferenceShape | None = None) -> list[Backend]:
+    """Create the planned backends (engines checked against ``reference``); on any failure close the ones
+    already created."""
     backends: list[Backend] = []
     try:
         for name, path in plan.backends:
             backend = create_backend(name, model_path=path, module_factory=module_factory,
                                      plugin_library=plan.plugin_library,
                                      cuda_graphs=cuda_graphs and name in CUDA_GRAPH_BACKENDS, threads=threads)
-            backend.name = name if path is None else f"{name}:{path.name}"
             backends.append(backend)
+            backend.name = name if path is None else f"{name}:{path.name}"
+            if reference is not None and isinstance(backend, TensorRTBackend):
+                reference.check(f"{name}={path}", backend.spec.sample_shape, backend.spec.num_classes)
     except BaseException:
         for backend in backends:
             backend.close()
