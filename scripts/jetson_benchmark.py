@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Benchmark zoo models on a Jetson (or any NVIDIA GPU): FP32/FP16, native versus plugin engines, batch sweep.
+"""Benchmark zoo models on a Jetson (or any NVIDIA GPU): FP32/FP16/INT8, native versus plugin engines, batch sweep.
 
 For every model and precision it runs the eca-deploy pipeline as a user would:
 
-1. ``eca-deploy export``: plain and ECA-fused ONNX, parity-checked on ONNX Runtime CPU;
+1. ``eca-deploy export``: plain and ECA-fused ONNX, parity-checked on ONNX Runtime CPU (INT8: quantized
+   to Q/DQ, calibrated on ``--calib`` images, ECA blocks kept in floating point);
 2. ``eca-deploy build`` twice: a *native* engine from the plain ONNX (TensorRT's own layers) and a
    *plugin* engine from the fused ONNX with ``libeca_plugin.so`` (EcaAttention plugin layers);
 3. ``eca-deploy validate``: both engines against PyTorch FP32 (random inputs, or --images);
@@ -16,6 +17,7 @@ energy per image and the plugin/native throughput ratio of every point. Lock the
 
   python scripts/jetson_benchmark.py --plugin plugins/eca/build/libeca_plugin.so -o jetson-report
   python scripts/jetson_benchmark.py --models eca_mobilenet_v2 --precisions fp16 --batch-sizes 1 8 --dry-run
+  python scripts/jetson_benchmark.py --precisions fp16 int8 --calib imagenet/calib --images imagenet/val ...
 """
 
 from __future__ import annotations
@@ -59,11 +61,10 @@ def plan(args: argparse.Namespace) -> Plan:
     for model in args.models:
         for precision in args.precisions:
             folder = args.output_dir / model / precision
-            stem = f"{model}.fp16" if precision == "fp16" else model
-            fp16 = ["--fp16"] if precision == "fp16" else []
+            stem = model if precision == "fp32" else f"{model}.{precision}"
             models = folder / "models"
-            result.steps.append(Step(f"{model} {precision}: export", ["export", model, *fp16, *size, "-q",
-                                                                      "-o", str(models)]))
+            result.steps.append(Step(f"{model} {precision}: export", ["export", model, *_precision_args(args, precision),
+                                                                      *size, "-q", "-o", str(models)]))
             engines = [("native", models / f"{stem}.onnx", [])]
             if args.plugin:
                 engines.append(("plugin", models / f"{stem}.eca.onnx", ["--plugin", str(args.plugin)]))
@@ -77,14 +78,22 @@ def plan(args: argparse.Namespace) -> Plan:
             plugin = ["--plugin", str(args.plugin)] if args.plugin else []
             images = ["--images", str(args.images)] if args.images else []
             result.steps.append(Step(f"{model} {precision}: validate", [
-                "validate", model, *size, *backends, *plugin, *images, "-q", "-o", str(folder / "accuracy")]))
-            torch_cuda = "torch-cuda-fp16" if precision == "fp16" else "torch-cuda"
+                "validate", model, *size, *backends, *plugin, *images, "--precision", precision, "-q",
+                "-o", str(folder / "accuracy")]))
+            torch_cuda = "torch-cuda-fp16" if precision == "fp16" else "torch-cuda"  # PyTorch has no INT8 path here
             result.steps.append(Step(f"{model} {precision}: bench", [
                 "bench", model, *size, *backends, "-b", torch_cuda, *plugin, "--batch-sizes",
                 *map(str, args.batch_sizes), "--duration", str(args.duration), "--power", args.power,
                 *(["--cuda-graphs"] if args.cuda_graphs else []), "-q", "-o", str(folder / "latency")]))
             result.latency_reports.append(folder / "latency" / "latency.json")
     return result
+
+
+def _precision_args(args: argparse.Namespace, precision: str) -> list[str]:
+    """eca-export's flags for ``precision`` (INT8 calibrates on --calib images when given)."""
+    if precision == "int8":
+        return ["--int8", *(["--calib", str(args.calib)] if args.calib else [])]
+    return ["--fp16"] if precision == "fp16" else []
 
 
 def summary_markdown(plan_: Plan) -> str:
@@ -120,11 +129,12 @@ def _number(value: float | None) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="zoo names or checkpoints")
-    parser.add_argument("--precisions", nargs="+", choices=("fp32", "fp16"), default=["fp32", "fp16"])
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "fp16", "int8"), default=["fp32", "fp16", "int8"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--plugin", type=Path, help="libeca_plugin.so (without it only native engines are built)")
     parser.add_argument("--images", type=Path, help="image folder for validation (default: random inputs)")
+    parser.add_argument("--calib", type=Path, help="INT8 calibration images (default: random inputs, with a warning)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per benchmark point (default: 5)")
     parser.add_argument("--power", choices=("auto", "sysfs", "tegrastats", "none"), default="auto")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs")

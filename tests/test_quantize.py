@@ -25,6 +25,7 @@ from real_images import write_photographs
 
 from eca_deploy.checkpoints import save_authors_checkpoint
 from eca_deploy.export import export_onnx
+from eca_deploy.harness.report import table_rows
 from eca_deploy.models import create_demo_model, get_architecture
 from eca_deploy.onnx_files import save_onnx
 from eca_deploy.parity import DEFAULT_TOLERANCES, compare_outputs
@@ -224,3 +225,30 @@ def test_bad_int8_requests_are_one_sentence_and_write_nothing(tmp_path, photos):
         before = tree(tmp_path)
         assert_refused(run_cli("eca-export", "eca_resnet50", *args, "-o", tmp_path / "out"), pattern)
         assert tree(tmp_path) == before
+
+
+def test_validate_bench_and_compare_take_int8_models(tmp_path, resnet18, photos):
+    """validate judges an INT8 model by the INT8 tolerance (its precision read from the Q/DQ graph), bench
+    reports INT8 rows and compare sets FP16 against INT8."""
+    from eca_deploy.cli.main import main
+
+    _, plain = resnet18
+    int8 = tmp_path / "r18.int8.onnx"
+    quantize_int8(plain, int8, CalibrationImages(photos, SIZE).load(10))
+    common = ["eca_resnet18", "--input-size", str(SIZE), "--images", str(photos), "-q"]
+    assert main(["validate", *common, "-b", f"ort-cpu={int8}", "-o", str(tmp_path / "acc")]) == 0
+    (row,) = json.loads((tmp_path / "acc" / "accuracy.json").read_text())["accuracy"]["candidates"]
+    assert row["precision"] == "int8" and row["passed"] and row["tolerance"]["min_cosine"] == 0.95
+    assert main(["validate", *common, "-b", f"ort-cpu={int8}", "--precision", "fp32",
+                 "-o", str(tmp_path / "acc32")]) == 1  # INT8 noise fails the FP32 tolerance
+    fp16 = tmp_path / "r18.fp16.onnx"
+    export_onnx(create_demo_model("eca_resnet18"), fp16, input_shape=(3, SIZE, SIZE), exporter="legacy",
+                precision="fp16")
+    timing = ["--batch-sizes", "1", "--iterations", "2", "--duration", "0", "--warmup-seconds", "0", "--no-plots"]
+    for name, model in (("fp16", fp16), ("int8", int8)):
+        assert main(["bench", *common, "-b", f"ort-cpu={model}", *timing, "-o", str(tmp_path / name)]) == 0
+    rows = table_rows(json.loads((tmp_path / "int8" / "latency.json").read_text()))
+    assert {row["precision"] for row in rows} == {"int8"}
+    compared = run_cli("eca-deploy", "compare", tmp_path / "fp16" / "latency.json", tmp_path / "int8" / "latency.json")
+    assert compared.returncode == 0, compared.stderr
+    assert "fp16 -> int8" in compared.stdout and "r18.fp16.onnx -> ort-cpu:r18.int8.onnx" in compared.stdout
