@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
+from cli_checks import COMMANDS, assert_refused, full_disk_dir, read_only_dir, run_cli, tree
 
+from eca_deploy import __version__
 from eca_deploy.cli.main import SUBCOMMANDS, fuse_main, main
 from eca_deploy.export import export_onnx
 from eca_deploy.models import create_demo_model
@@ -84,3 +87,160 @@ def test_export_writes_a_triton_repository(tmp_path):
     assert (repo / "eca_mobilenet_v2_onnx" / "config.pbtxt").is_file()
     assert count_fused_nodes(onnx.load(str(repo / "eca_mobilenet_v2_onnx" / "1" / "model.onnx"))) == 17
     assert not (repo / "eca_mobilenet_v2_tensorrt").exists()  # no engine asked for
+
+
+# --- A user's bad day: every wrong argument and output answered with one sentence, nothing left behind ------------
+
+QUICK_EXPORT = ("eca_resnet18", "--input-size", "32", "--exporter", "legacy", "-q")
+
+
+def test_every_command_has_a_version_and_help_imports_nothing_heavy():
+    for command, prefix in COMMANDS.items():
+        result = run_cli(command, "--version")
+        assert result.returncode == 0 and result.stdout.strip().endswith(__version__), result
+    probe = ("import sys; from eca_deploy.cli.main import build_parser; build_parser(); "
+             "print(sorted(m for m in ('torch', 'onnx', 'numpy', 'onnxruntime', 'tensorrt_rtx') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"  # --help, --version, zoo and argument errors stay fast (BENCHMARKS.md)
+
+
+@pytest.mark.parametrize(("args", "pattern"), [
+    (("--num-classes", "0"), r"--num-classes: must be at least 1, got 0"),
+    (("--input-size", "-3"), r"--input-size: must be at least 1"),
+    (("--opset", "12"), r"--opset: must be at least 13"),
+    (("--max-batch", "x"), r"--max-batch: expected a whole number"),
+])
+def test_bad_arguments_are_one_sentence_before_anything_runs(tmp_path, args, pattern):
+    result = run_cli("eca-export", *args, "-o", tmp_path / "out")
+    assert_refused(result, pattern)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_checks_options_and_outputs_before_loading_the_model(tmp_path):
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("keep me")
+    cases = [
+        (("-o", in_the_way), r"-o .*file: a file is in the way; pass a folder"),
+        (("-o", in_the_way / "sub"), r"file is a file, so the folder cannot be created"),
+        (("--triton-repo", in_the_way, "-o", tmp_path / "out"), r"--triton-repo .*: a file is in the way"),
+        (("--opset", "17", "-o", tmp_path / "out"), r"the dynamo exporter needs opset >= 18 .*--exporter legacy"),
+        (("--plugin", tmp_path / "lib.so", "-o", tmp_path / "out"), r"--plugin is for the engine: add --engine"),
+        (("--engine", "--min-batch", "8", "--max-batch", "2", "-o", tmp_path / "out"), r"min <= opt <= max"),
+    ]
+    for args, pattern in cases:
+        before = tree(tmp_path)
+        result = run_cli("eca-export", "eca_resnet50", *args)
+        line = assert_refused(result, pattern)
+        assert "Loading" not in result.stderr and tree(tmp_path) == before, line
+    assert in_the_way.read_text() == "keep me"
+
+
+def test_read_only_and_full_output_folders_are_one_sentence(tmp_path):
+    with read_only_dir(tmp_path / "ro") as folder:
+        result = run_cli("eca-export", *QUICK_EXPORT, "-o", folder / "out")
+        assert_refused(result, r"cannot write to .*ro: (Read-only file system|Permission denied|Operation not permitted)")
+        assert tree(folder) == set()
+    with full_disk_dir(tmp_path / "full", size="64k") as folder:  # the ONNX files do not fit
+        result = run_cli("eca-export", *QUICK_EXPORT, "-o", folder / "out")
+        assert_refused(result, r"cannot write to .*: No space left on device; free some space")
+        assert tree(folder) == set()  # staging folder and the created output folder are gone
+
+
+def test_expect_mismatch_and_ctrl_c_leave_no_folder(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "a" / "b"
+    result = run_cli("eca-export", *QUICK_EXPORT, "--expect", "3", "-o", out)
+    assert_refused(result, r"fused 8 ECA blocks, expected 3")
+    assert not (tmp_path / "a").exists()
+
+    import eca_deploy.export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eca_deploy.export, "export_onnx", interrupted)
+    assert main(["export", *QUICK_EXPORT, "-o", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_torchscript_source_names_the_exporter_it_uses(tmp_path):
+    import torch
+
+    from eca_deploy.models import create_demo_model
+
+    scripted = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(create_demo_model("eca_resnet18")), str(scripted))
+    result = run_cli("eca-export", scripted, "--input-size", "32", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(legacy exporter, opset 18)" in result.stderr and "dynamo" not in result.stderr
+    assert "None classes" not in result.stderr
+    report = json.loads((tmp_path / "out" / "model.report.json").read_text())
+    assert report["export"]["exporter"] == "legacy"
+    for line in result.stderr.splitlines():  # warnings come after a step's outcome, never inside its line
+        assert "Warning" not in line or line.startswith("  warning: "), line
+
+
+def _bake_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """``model`` whose output goes through a Reshape to a fixed ``batch``, while its input still declares a
+    symbolic one (what some dynamo exports do in a Reshape or Expand)."""
+    baked = onnx.ModelProto()
+    baked.CopyFrom(model)
+    (output,) = baked.graph.output
+    dims = [d.dim_value for d in output.type.tensor_type.shape.dim[1:]]
+    shape = onnx.numpy_helper.from_array(np.array([batch, *dims], dtype=np.int64), "baked_shape")
+    baked.graph.initializer.append(shape)
+    for node in baked.graph.node:
+        node.output[:] = ["pre_baked" if name == output.name else name for name in node.output]
+    baked.graph.node.append(onnx.helper.make_node("Reshape", ["pre_baked", "baked_shape"], [output.name]))
+    return baked
+
+
+def test_fuse_verifies_at_a_batch_the_original_accepts(tmp_path, mobilenet_onnx):
+    baked = tmp_path / "baked.onnx"
+    onnx.save(_bake_batch(onnx.load(str(mobilenet_onnx)), 1), str(baked))
+    result = run_cli("eca-fuse", baked)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "same outputs at batch 1 " in result.stderr
+    assert "not checked at batch 3: the original model itself fails there" in result.stderr
+    assert json.loads((tmp_path / "baked.eca.fusion.json").read_text())["verified_batches"] == [1]
+
+    never = tmp_path / "never.onnx"
+    onnx.save(_bake_batch(onnx.load(str(mobilenet_onnx)), 2), str(never))
+    line = assert_refused(run_cli("eca-fuse", never, "-q"), r"never.onnx itself does not run on ONNX Runtime CPU at "
+                          r"batch 1 or 3 \(Reshape node: The input tensor cannot be reshaped .*--no-verify")
+    assert "onnxruntime_src" not in line
+    assert not (tmp_path / "never.eca.onnx").exists()
+
+
+def test_fuse_without_eca_blocks_says_so_and_writes_nothing(tmp_path):
+    import torch
+
+    plain = tmp_path / "plain.onnx"
+    export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), plain, input_shape=(3, 8, 8),
+                exporter="legacy")
+    result = run_cli("eca-fuse", plain, "-q")
+    assert_refused(result, r"no ECA block to fuse in plain.onnx \(no candidate found\); nothing written")
+    assert "ECA blocks fused: 0" in result.stdout and tree(tmp_path) == {"plain.onnx"}
+    allowed = run_cli("eca-fuse", plain, "--allow-unfused", "-q")
+    assert allowed.returncode == 0 and (tmp_path / "plain.eca.onnx").is_file()
+
+
+def test_fuse_plugin_only_writes_the_model_without_its_function(tmp_path, mobilenet_onnx):
+    output = tmp_path / "m.eca.onnx"
+    assert fuse_main([str(mobilenet_onnx), "-o", str(output), "--plugin-only", "-q"]) == 0
+    plugin_only = onnx.load(str(tmp_path / "m.eca.plugin.onnx"))
+    fused = onnx.load(str(output))
+    assert [f.name for f in fused.functions] == ["EcaAttention"] and not plugin_only.functions
+    assert list(plugin_only.graph.node) == list(fused.graph.node)
+    assert json.loads((tmp_path / "m.eca.fusion.json").read_text())["plugin_only"] == "m.eca.plugin.onnx"
+
+
+def test_build_refuses_aot_for_an_unfused_model_and_falls_back_without_a_writable_cache(tmp_path, mobilenet_onnx):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed")
+    assert_refused(run_cli("eca-deploy", "build", mobilenet_onnx, "--aot", "-o", tmp_path / "m.engine", "-q"),
+                   r"no EcaAttention node, so there is nothing for the plugin to run")
+    with read_only_dir(tmp_path / "cache") as cache:
+        result = run_cli("eca-deploy", "build", mobilenet_onnx, "-o", tmp_path / "m.engine", "--max-batch", "2",
+                         "--opt-batch", "1", env={"XDG_CACHE_HOME": str(cache)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "building without the engine and timing caches" in result.stderr
+        assert (tmp_path / "m.engine").is_file() and tree(cache) == set()
