@@ -6,8 +6,9 @@ quantization expects (the choice against NVIDIA ModelOpt was measured: scripts/c
 BENCHMARKS.md):
 
 - symmetric INT8, zero points 0; per-channel weights (axis 0) for Conv and Gemm, per-tensor activations;
-- Q/DQ on the inputs of Conv, Gemm and MatMul and on both inputs of residual Adds (TensorRT fuses
-  ``DQ -> Conv`` and ``Add(Conv, DQ(residual))``), not on their outputs; biases stay float;
+- Q/DQ on the inputs of Conv, Gemm and MatMul and of residual Adds (TensorRT fuses ``DQ -> Conv``
+  and ``Add(Conv, DQ(residual))``), except an Add input computed by a Conv, which stays float so that
+  TensorRT can fold the Add into that Conv (as NVIDIA ModelOpt places them); biases stay float;
 - calibrated on images preprocessed as the authors did, or on seeded random inputs (with a warning);
 - every ECA block stays floating point: the nodes of unfused blocks (found by the fusion pass) are
   excluded, and EcaAttention nodes are never quantized. Input and output stay float32.
@@ -193,11 +194,14 @@ def quantize_int8(model_path: str | Path, output_path: str | Path, calibration: 
                     use_external_data_format=external_data,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                    "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
-                                   "CalibMaxIntermediateOutputs": 4})
+                                   # Bounds memory by merging every 4 samples' histograms; ONNX Runtime's
+                                   # MinMax calibrator drops its ranges instead (onnxruntime#18893).
+                                   **({} if method == "minmax" else {"CalibMaxIntermediateOutputs": 4})})
         except Exception as error:  # the quantizer raises bare exceptions from deep inside
             raise EcaDeployError(f"ONNX Runtime's quantizer failed on {Path(model_path).name}: "
                                  f"{first_line(error)}") from error
         quantized = onnx.load(str(Path(work) / "int8.onnx"))
+    _float_conv_outputs_into_adds(quantized)
     quantized.producer_name = "eca-deploy"
     save_onnx(quantized, Path(output_path), external_data)
     ops = Counter(node.op_type for node in quantized.graph.node)
@@ -208,6 +212,35 @@ def quantize_int8(model_path: str | Path, output_path: str | Path, calibration: 
         dequantize_linear=sum(ops[op] for op in DQ_OPS),
         quantized_ops=dict(sorted(Counter(consumers).items())), eca_nodes_excluded=len(excluded),
         seconds=time.perf_counter() - start, settings=settings)
+
+
+def _float_conv_outputs_into_adds(model: onnx.ModelProto) -> int:
+    """Remove the Q/DQ pair from each Conv output that only residual Adds read (in place); returns how many.
+
+    TensorRT folds a residual Add into the Conv that computes one of its inputs, the other input being
+    dequantized; a Q/DQ pair on the Conv's output would keep it from doing so.
+    """
+    nodes = model.graph.node
+    producers = {output: node for node in nodes for output in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    removed = []
+    for quantize in [node for node in nodes if node.op_type in Q_OPS]:
+        source = producers.get(quantize.input[0])
+        dequantizes = readers.get(quantize.output[0], [])
+        adds = [reader for dq in dequantizes for reader in readers.get(dq.output[0], [])]
+        if (source is None or source.op_type != "Conv" or not dequantizes or not adds
+                or any(dq.op_type not in DQ_OPS for dq in dequantizes) or any(a.op_type != "Add" for a in adds)):
+            continue
+        for add in adds:
+            add.input[:] = [quantize.input[0] if name in {dq.output[0] for dq in dequantizes} else name
+                            for name in add.input]
+        removed += [quantize, *dequantizes]
+    for node in removed:
+        nodes.remove(node)
+    return len(removed) // 2
 
 
 @contextlib.contextmanager

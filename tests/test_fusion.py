@@ -490,3 +490,30 @@ def test_tensorrt_rtx_parses_the_fallback_function(opset, padding):
     layer_types = {network.get_layer(i).type.name for i in range(network.num_layers)}
     assert {"REDUCE", "CONVOLUTION", "ACTIVATION"} <= layer_types
     assert "PLUGIN" not in layer_types and "PLUGIN_V3" not in layer_types
+
+
+def test_opset_21_weight_quantization_without_zero_point_keeps_negative_taps():
+    """QuantizeLinear(output_dtype=INT8) without a zero point (opset 21) is signed: negative taps survive fusion."""
+    channels, taps = 8, np.array([[[-0.5, 1.0, -0.25]]], np.float32)
+    scale = np.float32(1 / 127)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+        helper.make_node("Squeeze", ["pooled", "axis3"], ["squeezed"]),
+        helper.make_node("Transpose", ["squeezed"], ["sequence"], perm=[0, 2, 1]),
+        helper.make_node("QuantizeLinear", ["w", "scale"], ["wq"], output_dtype=TensorProto.INT8),
+        helper.make_node("DequantizeLinear", ["wq", "scale"], ["wdq"]),
+        helper.make_node("Conv", ["sequence", "wdq"], ["conv"], pads=[1, 1]),
+        helper.make_node("Transpose", ["conv"], ["back"], perm=[0, 2, 1]),
+        helper.make_node("Unsqueeze", ["back", "axis3"], ["gate_logits"]),
+        helper.make_node("Sigmoid", ["gate_logits"], ["gate"]),
+        helper.make_node("Mul", ["x", "gate"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "eca", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 4, 4])],
+                              [numpy_helper.from_array(taps, "w"), numpy_helper.from_array(scale, "scale"),
+                               numpy_helper.from_array(np.array([3], np.int64), "axis3")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    fused, report = fuse_eca(model)
+    assert report.num_fused == 1 and report.fused[0].dropped_qdq == 2
+    x = np.random.default_rng(0).standard_normal((1, channels, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(run(fused, x), run(model, x), atol=1e-6)

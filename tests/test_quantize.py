@@ -76,6 +76,9 @@ def test_quantized_model_is_int8_where_tensorrt_wants_it_and_float_in_eca(tmp_pa
     dequantized = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
     readers = {n.op_type for n in nodes if dequantized.intersection(n.input)}
     assert readers == {"Conv", "Gemm", "Add"}, "Q/DQ only on the inputs of the layers TensorRT runs in INT8"
+    producers = {o: n.op_type for n in nodes for o in n.output}
+    assert all(producers.get(n.input[0]) != "Conv" for n in nodes if n.op_type == "QuantizeLinear"), \
+        "a Conv output read by a residual Add stays float: TensorRT folds the Add into that Conv"
     x = _photo_batch(photos, SIZE)
     with torch.no_grad():
         reference = module(torch.from_numpy(x)).numpy()
@@ -196,6 +199,15 @@ def test_export_int8_without_images_warns_and_uses_random_inputs(tmp_path):
     assert "warning: no --calib folder: calibrating on 4 seeded random inputs" in result.stderr
     report = json.loads((tmp_path / "out" / "eca_resnet18.int8.report.json").read_text())
     assert report["quantization"]["calibration"] == {"kind": "random", "seed": 0, "samples": 4}
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("samples", [4, 9])
+def test_every_calibration_method_uses_every_sample(tmp_path, resnet18, method, samples):
+    """ONNX Runtime's MinMax calibrator drops ranges when it merges partial results (onnxruntime#18893)."""
+    _, plain = resnet18
+    report = quantize_int8(plain, tmp_path / "q.onnx", random_calibration((3, SIZE, SIZE), samples), method=method)
+    assert report.calibration["samples"] == samples and report.quantize_linear > 0
 
 
 def test_random_calibration_is_seeded():

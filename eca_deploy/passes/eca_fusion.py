@@ -68,6 +68,7 @@ def fuse_eca(model: onnx.ModelProto, *, verify: bool = True) -> tuple[onnx.Model
 def _replace(graph: gs.Graph, match: EcaMatch, node_names: set[str], tensor_names: set[str]) -> FusedBlock:
     """Put an EcaAttention node in place of ``match`` (the chain is left for cleanup)."""
     name = _unique(_fused_name(match), node_names)
+    replaced = tuple(label(n) for n in (match.mul, *match.nodes))  # before the Mul loses its output
     weight = match.weight
     if not (isinstance(weight, gs.Constant) and weight.dtype == match.dtype):
         values = np.ascontiguousarray(match.taps, dtype=match.dtype)
@@ -75,7 +76,7 @@ def _replace(graph: gs.Graph, match: EcaMatch, node_names: set[str], tensor_name
     (y,) = match.mul.outputs
     match.mul.outputs.clear()
     graph.nodes.append(make_eca_node(name, match.x, weight, y, match.pad_mode))
-    return FusedBlock(node=name, replaced=tuple(label(n) for n in (match.mul, *match.nodes)),
+    return FusedBlock(node=name, replaced=replaced,
                       channels=match.channels, kernel_size=int(match.taps.size), pad_mode=match.pad_mode,
                       dtype=np.dtype(match.dtype).name,
                       dropped_qdq=sum(n.op in QDQ_OPS for n in match.nodes) + len(_weight_qdq(match.weight)))

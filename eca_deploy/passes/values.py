@@ -85,7 +85,12 @@ def _qparams(node: gs.Node, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
 def _quantize(node: gs.Node) -> np.ndarray | None:
     value = constant_value(node.inputs[0])
     zero_point = optional_input(node, 2)
-    dtype = constant_value(zero_point).dtype if zero_point is not None else np.dtype(np.uint8)
+    if zero_point is not None:
+        dtype = constant_value(zero_point).dtype
+    elif "output_dtype" in node.attrs:  # opset 21: the type without a zero point
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["output_dtype"]))
+    else:
+        dtype = np.dtype(np.uint8)
     params = None if value is None else _qparams(node, value.ndim)
     if params is None:
         return None
