@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.models import ARCHITECTURES, EcaLayer, adaptive_kernel_size, create_model, get_architecture
+from eca_deploy.models import (ARCHITECTURES, EcaLayer, adaptive_kernel_size, create_demo_model, create_model,
+                               get_architecture)
 from eca_deploy.reference import eca_reference
 
 # Parameter counts of our definitions with 1000 classes and default kernels (the authors' thop
@@ -93,3 +94,27 @@ def test_eca_layer_matches_the_numpy_reference(k):
 def test_num_classes_changes_only_the_head():
     model = create_model("eca_mobilenet_v2", num_classes=10)
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_demo_weights_cache_returns_the_calibrated_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built = create_demo_model("eca_resnet18", num_classes=10)
+    cached_files = list((tmp_path / "eca_deploy" / "demo_models").glob("eca_resnet18-*.pt"))
+    assert len(cached_files) == 1
+    loaded = create_demo_model("eca_resnet18", num_classes=10)
+    assert not loaded.training
+    assert built.state_dict().keys() == loaded.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values()))
+    assert create_demo_model("eca_resnet18", num_classes=10, seed=1).fc.weight.ne(built.fc.weight).any()
+
+    cached_files[0].write_bytes(b"truncated")               # a damaged cache is rebuilt, not trusted
+    rebuilt = create_demo_model("eca_resnet18", num_classes=10)
+    assert torch.equal(rebuilt.layer1[0].bn1.running_var, built.layer1[0].bn1.running_var)
+
+
+def test_demo_model_without_a_writable_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))      # cache_root() under a file: not creatable
+    model = create_demo_model("eca_mobilenet_v2", num_classes=10)
+    assert model.features[0][1].running_var.std() > 0       # BatchNorm calibrated all the same

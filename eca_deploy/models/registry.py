@@ -5,14 +5,19 @@ Free of PyTorch until a model is built, so the command line lists and checks arc
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.models.specs import (RESNET_BLOCK_NAMES, RESNET_EXPANSION, RESNET_WIDTHS, adaptive_kernel_size,
                                      block_output_channels)
+from eca_deploy.resources import cache_root
 
 if TYPE_CHECKING:
     from torch import nn
@@ -151,8 +156,36 @@ def calibrate_batchnorm(model: nn.Module, image_size: int = 224, seed: int = 0, 
 
 def create_demo_model(name: str, kernels: KernelSpec | None = None, num_classes: int = 1000,
                       seed: int = 0) -> nn.Module:
-    """A zoo model with seeded random weights and calibrated BatchNorm: for demos and tests."""
+    """A zoo model with seeded random weights and calibrated BatchNorm: for demos and tests.
+
+    The calibration dominates building on a CPU, so the weights are cached under
+    ``cache_root()/demo_models``, keyed by the arguments, the torch version and the model sources; an
+    unreadable or unwritable cache only costs the calibration.
+    """
     import torch
 
     torch.manual_seed(seed)
-    return calibrate_batchnorm(create_model(name, kernels, num_classes), image_size=112, seed=seed)
+    model = create_model(name, kernels, num_classes)
+    cached = _demo_weights_path(name, get_architecture(name).kernel_sizes(kernels), num_classes, seed)
+    try:
+        model.load_state_dict(torch.load(cached, weights_only=True))
+    except Exception:  # noqa: BLE001 - missing, truncated or foreign: any unusable cache file is rebuilt
+        calibrate_batchnorm(model, image_size=112, seed=seed)
+        staging = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(OSError, RuntimeError):  # RuntimeError: torch's writer on a full disk
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.save(model.state_dict(), staging)
+                os.replace(staging, cached)
+            finally:
+                staging.unlink(missing_ok=True)
+    return model.eval()
+
+
+def _demo_weights_path(name: str, kernel_sizes: list[int], num_classes: int, seed: int) -> Path:
+    import torch
+
+    digest = hashlib.sha256(f"{name}|{kernel_sizes}|{num_classes}|{seed}|{torch.__version__}".encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return cache_root() / "demo_models" / f"{name}-{digest.hexdigest()[:16]}.pt"
