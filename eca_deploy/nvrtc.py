@@ -35,8 +35,10 @@ SINGLE_LAUNCH_KERNELS = {
 }
 PAD_MODE_CODES = {"constant": 0, "wrap": 1}  # eca::PadMode in ecaKernel.h
 
-BLOCK_THREADS = 256  # the kernels' __launch_bounds__ (kMaxBlockThreads)
-MAX_SHARED_BYTES = 48 * 1024  # dynamic shared memory available without an opt-in attribute
+BLOCK_THREADS = 256  # the kernels' __launch_bounds__ (kMaxBlockThreads); a power of two, as the kernel needs
+MAX_SHARED_BYTES = 48 * 1024  # static + dynamic shared memory available without an opt-in attribute
+STATIC_SHARED_BYTES = BLOCK_THREADS // 32 * 4  # the kernel's own scratch: kReduceScratchFloats floats
+MAX_DYNAMIC_SHARED_BYTES = MAX_SHARED_BYTES - STATIC_SHARED_BYTES
 TARGET_BLOCK_ELEMENTS = 4096  # elements a block should gate at least, when the map is small
 INT32_MAX = 2**31 - 1  # CUDA's grid.x limit, and the kernel's int plane size
 
@@ -87,13 +89,13 @@ def _shared_bytes(channels_per_block: int, c: int, k: int) -> int:
 
 def channels_per_block(c: int, h: int, w: int, k: int) -> int:
     """Channels of one sample a block gates: enough for TARGET_BLOCK_ELEMENTS, at least k - 1 so the
-    halo means a block recomputes cost at most as much as its own, within MAX_SHARED_BYTES."""
+    halo means a block recomputes cost at most as much as its own, within MAX_DYNAMIC_SHARED_BYTES."""
     wanted = min(max(math.ceil(TARGET_BLOCK_ELEMENTS / (h * w)), k - 1, 1), c)
-    limit = MAX_SHARED_BYTES // 4
+    limit = MAX_DYNAMIC_SHARED_BYTES // 4
     fitting = max((limit - (k - 1)) // 2, limit - c)  # largest tile whose window and gates fit
     if fitting < 1:
         raise EcaDeployError(f"kernel size {k} with {c} channels needs more shared memory than the "
-                             f"single-launch kernel may use ({MAX_SHARED_BYTES} bytes)")
+                             f"single-launch kernel may use ({MAX_DYNAMIC_SHARED_BYTES} bytes)")
     return min(wanted, fitting)
 
 

@@ -9,7 +9,10 @@
  *             (k-1)/2 neighbours on each side) into gates in shared memory, then scales its part
  *             of x into y: a contiguous chunk in NCHW, a channel tile x pixel rows in channels-last.
  * The plan (splits, segment lengths, block shapes) depends only on the parameters and on whether
- * x and y are 16-byte aligned, never on the device, so results are bitwise reproducible.
+ * x and y are 16-byte aligned, never on the device, so results are bitwise reproducible. Every launch
+ * fits the 48 KiB of shared memory any device grants without an opt-in (the channels-last gate reads the
+ * sums from global memory when its channel window would not fit), so no launch can fail for resources
+ * after an earlier one ran.
  */
 #include "ecaKernel.h"
 
@@ -45,7 +48,7 @@ constexpr index_t kGateRowsPerSplit = 8;
 //! a bound that grows with N and C alone, so a workspace sized for the largest shape fits all smaller ones.
 constexpr index_t kMaxPartialSums = 32 * 1024;
 constexpr size_t kWorkspaceAlignment = 256;
-constexpr int kMaxDefaultSharedBytes = 48 * 1024;
+constexpr index_t kMaxDefaultSharedBytes = 48 * 1024; //!< static + dynamic shared memory without an opt-in
 
 size_t elementSize(DataType type)
 {
@@ -146,15 +149,6 @@ unsigned gridSize(index_t blocks)
     return static_cast<unsigned>(minOf<index_t>(maxOf<index_t>(blocks, 1), INT_MAX));
 }
 
-//! Lets `kernel` use `bytes` of dynamic shared memory (an opt-in beyond 48 KiB).
-template <typename Kernel>
-cudaError_t allowSharedMemory(Kernel kernel, size_t bytes)
-{
-    return bytes <= kMaxDefaultSharedBytes
-        ? cudaSuccess
-        : cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-}
-
 template <typename T>
 cudaError_t launchSums(EcaParams const& p, SplitPlan const& plan, T const* x, float* sums, cudaStream_t stream)
 {
@@ -202,15 +196,12 @@ cudaError_t launchGate(EcaParams const& p, SplitPlan const& plan, T const* x, T 
     index_t const rowsPerBlock = maxOf<index_t>(block.y * kGateRowsPerThread, plan.splits * kGateRowsPerSplit);
     index_t const blocks = static_cast<index_t>(p.n) * ceilDiv(vectors, block.x) * ceilDiv(hw, rowsPerBlock);
     index_t const tileChannels = static_cast<index_t>(block.x) * vec;
-    size_t const shared = (minOf<index_t>(tileChannels + p.kernelSize - 1, p.c) + tileChannels) * sizeof(float);
+    index_t const window = minOf<index_t>(tileChannels + p.kernelSize - 1, p.c);
+    bool const windowed = (window + tileChannels) * static_cast<index_t>(sizeof(float)) <= kMaxDefaultSharedBytes;
+    size_t const shared = ((windowed ? window : 0) + tileChannels) * sizeof(float);
     auto const kernel = vectorized ? kernels::ecaGateNhwc<T, kernels::kVec<T>> : kernels::ecaGateNhwc<T, 1>;
-    cudaError_t const status = allowSharedMemory(kernel, shared);
-    if (status != cudaSuccess)
-    {
-        return status;
-    }
-    kernel<<<gridSize(blocks), block, shared, stream>>>(
-        x, weight, sums, y, p.n, p.c, hw, pixelStride, p.kernelSize, plan.splits, padMode, rowsPerBlock);
+    kernel<<<gridSize(blocks), block, shared, stream>>>(x, weight, sums, y, p.n, p.c, hw, pixelStride, p.kernelSize,
+        plan.splits, padMode, rowsPerBlock, windowed ? 1 : 0);
     return cudaGetLastError();
 }
 
@@ -257,6 +248,14 @@ constexpr auto singleLaunchKernel(__nv_bfloat16)
     return eca_single_launch_bf16;
 }
 
+bool isPowerOfTwo(int value)
+{
+    return value > 0 && (value & (value - 1)) == 0;
+}
+
+//! Whether `config` is the launch shape ecaKernels.cuh's single-launch kernel documents: the block a power of
+//! two (its plane groups must divide it), dynamic shared memory for the channel window and the tile's gates
+//! within 48 KiB beside the kernel's static scratch.
 bool isValidSingleLaunch(EcaParams const& p, SingleLaunchConfig const& config)
 {
     if (p.layout != Layout::kNCHW || planeSize(p) > INT_MAX || config.channelsPerBlock < 1
@@ -267,9 +266,10 @@ bool isValidSingleLaunch(EcaParams const& p, SingleLaunchConfig const& config)
     index_t const window = minOf<index_t>(static_cast<index_t>(config.channelsPerBlock) + p.kernelSize - 1, p.c);
     index_t const shared = (window + config.channelsPerBlock) * static_cast<index_t>(sizeof(float));
     index_t const grid = ceilDiv(p.c, config.channelsPerBlock) * p.n;
-    return config.blockX >= kernels::kWarpSize && config.blockX <= kBlockThreads
-        && config.blockX % kernels::kWarpSize == 0 && config.gridX == grid && config.sharedBytes >= shared
-        && config.sharedBytes <= kMaxDefaultSharedBytes;
+    index_t const staticShared = kernels::kReduceScratchFloats * static_cast<index_t>(sizeof(float));
+    return config.blockX >= kernels::kWarpSize && config.blockX <= kBlockThreads && isPowerOfTwo(config.blockX)
+        && config.gridX == grid && config.sharedBytes >= shared
+        && config.sharedBytes + staticShared <= kMaxDefaultSharedBytes;
 }
 
 } // namespace

@@ -67,8 +67,8 @@ struct SingleLaunchConfig
 {
     int32_t channelsPerBlock{0}; //!< channels of one sample that one block gates
     int32_t gridX{0};            //!< ceil(C / channelsPerBlock) * N
-    int32_t blockX{0};           //!< a multiple of 32, at most 256
-    int32_t sharedBytes{0};      //!< (min(channelsPerBlock + k - 1, C) + channelsPerBlock) * 4
+    int32_t blockX{0};           //!< a power of two from 32 to 256
+    int32_t sharedBytes{0};      //!< (min(channelsPerBlock + k - 1, C) + channelsPerBlock) * 4, at most 48 KiB - 32
 };
 
 //! Run the fused operator as one kernel launch without workspace (NCHW only, H * W < 2^31), with the

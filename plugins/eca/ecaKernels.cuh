@@ -36,6 +36,8 @@ inline constexpr int kVectorBytes = 16;      //!< width of vector loads and stor
 inline constexpr int kMaxBlockThreads = 256; //!< every kernel here runs with at most this many threads
 inline constexpr int kTileRowBytes = 128;    //!< bytes of a pixel row one channels-last block covers
 inline constexpr int kVecsPerThread = 4;     //!< 16-byte vectors a thread of a plane group aims to load
+//! Floats of groupReduce's scratch: the static shared memory of the kernels that reduce planes.
+inline constexpr int kReduceScratchFloats = kMaxBlockThreads / kWarpSize;
 
 template <typename T>
 __host__ __device__ constexpr T minOf(T a, T b)
@@ -328,7 +330,7 @@ template <typename T>
 __global__ void __launch_bounds__(kMaxBlockThreads) ecaPlaneSumsNchw(T const* __restrict__ x,
     float* __restrict__ sums, index_t planes, int splits, index_t hw, index_t segment, int groupSize)
 {
-    __shared__ float scratch[kMaxBlockThreads / kWarpSize];
+    __shared__ float scratch[kReduceScratchFloats];
     int const groupsPerBlock = blockDim.x / groupSize;
     int const group = threadIdx.x / groupSize;
     int const lane = threadIdx.x % groupSize;
@@ -475,20 +477,22 @@ __global__ void __launch_bounds__(kMaxBlockThreads) ecaGateNchw(T const* __restr
 
 //! Pass 2, channels-last: block (TX, TY) owns TX vectors of V channels of one sample (tiles span the
 //! whole pixelStride, so the padding channels of HWC8 are written as zeros) and `rowsPerBlock`
-//! pixels. It first reduces the split sums of its channel window to means, then computes its gates.
+//! pixels. With `windowed` it first reduces the split sums of its channel window to means in shared
+//! memory, then computes its gates from them; without (the window would not fit in shared memory) the
+//! gates read the split sums directly, as ecaGateNchw's do: the same bits, more global reads.
 //! 1D grid over (sample, channel tile, pixel chunk); dynamic shared memory of
-//! (min(TX * V + k - 1, C) + TX * V) floats.
+//! ((windowed ? min(TX * V + k - 1, C) : 0) + TX * V) floats.
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxBlockThreads) ecaGateNhwc(T const* __restrict__ x, T const* __restrict__ weight,
     float const* __restrict__ sums, T* __restrict__ y, int samples, int channels, index_t hw, int pixelStride,
-    int kernelSize, int splits, int padMode, index_t rowsPerBlock)
+    int kernelSize, int splits, int padMode, index_t rowsPerBlock, int windowed)
 {
     extern __shared__ float means[];
     int const tx = threadIdx.x;
     int const tid = threadIdx.y * blockDim.x + tx;
     int const threads = blockDim.x * blockDim.y;
     int const tileChannels = blockDim.x * V;
-    float* gates = means + minOf(tileChannels + kernelSize - 1, channels);
+    float* gates = windowed ? means + minOf(tileChannels + kernelSize - 1, channels) : means;
     int const vectors = pixelStride / V;
     int const tiles = static_cast<int>(ceilDiv(vectors, blockDim.x));
     index_t const chunks = ceilDiv(hw, rowsPerBlock);
@@ -502,21 +506,31 @@ __global__ void __launch_bounds__(kMaxBlockThreads) ecaGateNhwc(T const* __restr
         float const* sampleSums = sums + n * channels * splits;
         ChannelWindow const window = channelWindow(c0, maxOf(minOf(tileChannels, channels - c0), 0), kernelSize,
             channels);
-        for (int i = tid; i < window.count; i += threads)
+        if (windowed)
         {
-            int const ch = windowChannel(window, i, channels, padMode);
-            float sum = 0.f;
-            for (int s = 0; ch >= 0 && s < splits; ++s)
+            for (int i = tid; i < window.count; i += threads)
             {
-                sum += sampleSums[static_cast<index_t>(ch) * splits + s];
+                int const ch = windowChannel(window, i, channels, padMode);
+                float sum = 0.f;
+                for (int s = 0; ch >= 0 && s < splits; ++s)
+                {
+                    sum += sampleSums[static_cast<index_t>(ch) * splits + s];
+                }
+                means[i] = sum / static_cast<float>(hw);
             }
-            means[i] = sum / static_cast<float>(hw);
+            __syncthreads();
         }
-        __syncthreads();
         for (int t = tid; t < tileChannels; t += threads)
         {
             int const c = c0 + t;
-            gates[t] = c < channels ? windowGate(weight, kernelSize, c, channels, padMode, window, means) : 0.f;
+            float gate = 0.f;
+            if (c < channels)
+            {
+                gate = windowed ? windowGate(weight, kernelSize, c, channels, padMode, window, means)
+                                : gateFromSums(sampleSums, weight, kernelSize, c, channels, padMode, splits,
+                                    static_cast<float>(hw));
+            }
+            gates[t] = gate;
         }
         __syncthreads();
         int const vector = c0 / V + tx;
@@ -546,8 +560,10 @@ __global__ void __launch_bounds__(kMaxBlockThreads) ecaGateNhwc(T const* __restr
  *
  * Launch shape (eca_deploy.nvrtc.single_launch_params computes it):
  *   grid  = (ceil(C / channelsPerBlock) * N, 1, 1)   block b: sample b / tiles, channel tile b % tiles
- *   block = (threads, 1, 1), threads a multiple of 32, at most kMaxBlockThreads
- *   dynamic shared memory = (min(channelsPerBlock + k - 1, C) + channelsPerBlock) * sizeof(float)
+ *   block = (threads, 1, 1), threads a power of two from 32 to kMaxBlockThreads (so that the plane
+ *           groups, a power of two each, divide it: groupReduce needs every group whole)
+ *   dynamic shared memory = (min(channelsPerBlock + k - 1, C) + channelsPerBlock) * sizeof(float), at
+ *           most 48 KiB less the kernel's own kReduceScratchFloats floats of static shared memory
  * Each block recomputes the means of its channel tile plus the (k-1)/2 halo channels on each side
  * (or of all C channels when that window covers them), then gates and scales its tile. A smaller
  * grid is also correct: blocks stride over the tiles.
@@ -557,7 +573,7 @@ __device__ void singleLaunchNchw(T const* __restrict__ x, T const* __restrict__ 
     int hw, int kernelSize, int padMode, int channelsPerBlock, T* __restrict__ y)
 {
     extern __shared__ float means[];
-    __shared__ float scratch[kMaxBlockThreads / kWarpSize];
+    __shared__ float scratch[kReduceScratchFloats];
     int const tiles = static_cast<int>(ceilDiv(channels, channelsPerBlock));
     float* gates = means + minOf(channelsPerBlock + kernelSize - 1, channels);
     int const groupSize = planeGroupSize(hw, kVec<T>, blockDim.x);
