@@ -1,0 +1,155 @@
+"""The CUDA kernel source (plugins/eca) executed on the CPU by tests/kernel_emu: the grid against the float64
+reference in several block and thread orders, the sanitizer builds, and the edges issue 15 found.
+
+By default the grid is a deterministic sample (about 900 cases, every value of every axis); with
+``python -m pytest tests/test_kernel_emu.py --emu-full -s`` it is the full grid, and the test prints the
+summary BENCHMARKS.md records. Builds are cached in $XDG_CACHE_HOME/eca_deploy/kernel_emu.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from kernel_emu.build import (
+    ASAN,
+    CHECKED,
+    TSAN,
+    Build,
+    Variant,
+    build,
+    rewrite_launches,
+    unavailable,
+)
+from kernel_emu.cases import (
+    CUDA_ERROR_INVALID_VALUE,
+    CUDA_SUCCESS,
+    ORDERS,
+    Case,
+    full_grid,
+    sampled_grid,
+    sanitizer_grid,
+    shared_limit_cases,
+    single_launch,
+)
+from kernel_emu.runner import failures, run_cases, summary
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+
+#: The single-launch kernel with the thread counts issue 15 found reading scratch no warp wrote.
+PARTIAL_GROUP_BLOCKS = (96, 160, 224)
+
+
+@pytest.fixture(scope="module")
+def checked() -> Build:
+    return build(CHECKED)
+
+
+# --- the build ---------------------------------------------------------------------------------------------------
+
+def test_launch_rewrite_turns_every_launch_into_a_call():
+    source = ("    kernels::f<T><<<gridSize(blocks), kBlockThreads, 0, stream>>>(\n        x, y);\n"
+              "    kernel<<<grid, block, shared, stream>>>(x);\n")
+    assert rewrite_launches(source) == (
+        "    ::emu::launch(kernels::f<T>, gridSize(blocks), kBlockThreads, 0, stream)(\n        x, y);\n"
+        "    ::emu::launch(kernel, grid, block, shared, stream)(x);\n")
+
+
+def test_launch_rewrite_fails_loudly_on_a_launch_it_cannot_rewrite():
+    with pytest.raises(ValueError, match="rewrote 0 of 1"):
+        rewrite_launches("    auto f = [] { k<<<1, 32>>>\n(); };\n")
+
+
+def test_half_and_bfloat16_conversions_round_to_nearest_even(checked: Build, tmp_path: Path):
+    edges = np.array([0.0, np.inf, 65504.0, 65519.99, 65520.0, 2.0**-24, 2.0**-25, 1.5 * 2.0**-25, 2.0**-14,
+                      1 + 2.0**-11, 1 + 3 * 2.0**-11, 3.0e38, 1 + 2.0**-8, 1 + 3 * 2.0**-8], dtype=np.float32)
+    bits = np.random.default_rng(0).integers(0, 2**32, 1 << 20, dtype=np.uint32).view(np.float32)
+    floats = np.concatenate([edges, -edges, bits[~np.isnan(bits)]])  # NaN payloads: the GPU's business
+    halves = np.resize(np.arange(1 << 16, dtype=np.uint32).astype(np.uint16), floats.size)  # every half, repeated
+    inputs, outputs = tmp_path / "in.bin", tmp_path / "out.bin"
+    inputs.write_bytes(floats.tobytes() + halves.tobytes())
+    outputs.write_bytes(bytes(12 * floats.size))
+    subprocess.run([checked.driver, "convert", "--inputs", inputs, "--outputs", outputs, "--count", str(floats.size)],
+                   check=True)
+    raw = np.fromfile(outputs, dtype=np.uint8)
+    to_half, to_bf16, from_half, from_bf16 = np.split(raw, np.cumsum([2, 2, 4]) * floats.size)
+    with np.errstate(over="ignore"):  # rounding to infinity is part of the test
+        np.testing.assert_array_equal(to_half.view(np.uint16), floats.astype(np.float16).view(np.uint16))
+    bf16 = torch.from_numpy(floats).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(to_bf16.view(np.uint16), bf16)
+    np.testing.assert_array_equal(from_half.view(np.uint32), halves.view(np.float16).astype(np.float32).view(np.uint32))
+    np.testing.assert_array_equal(from_bf16.view(np.uint32), halves.astype(np.uint32) << 16)
+
+
+# --- the grid ----------------------------------------------------------------------------------------------------
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_grid_matches_the_reference_bitwise_the_same_in_every_order(checked: Build, request: pytest.FixtureRequest,
+                                                                    capsys: pytest.CaptureFixture[str]):
+    full = request.config.getoption("--emu-full")
+    cases = full_grid() if full else sampled_grid()
+    started, cpu = time.perf_counter(), _children_cpu_seconds()
+    outcomes = run_cases(checked, cases)
+    if full:
+        with capsys.disabled():
+            print(f"\nkernel_emu full grid (checked build, orders {ORDERS}):\n"
+                  f"{summary(outcomes, time.perf_counter() - started, _children_cpu_seconds() - cpu)}")
+    assert all(o.passed for o in outcomes), failures(outcomes)
+
+
+@pytest.mark.parametrize("variant", [ASAN, TSAN], ids=lambda v: v.name)
+def test_sanitizer_builds_run_small_shapes_clean(variant: Variant):
+    """AddressSanitizer + UBSan (fibers) and ThreadSanitizer (an OS thread per CUDA thread, one order: its
+    verdict rests on happens-before, not on the schedule)."""
+    cases = sanitizer_grid(24 if variant is ASAN else 8)
+    outcomes = run_cases(build(variant), cases, orders=ORDERS if variant is ASAN else ORDERS[1:])
+    assert all(o.passed for o in outcomes), failures(outcomes)
+
+
+# --- issue 15's edges --------------------------------------------------------------------------------------------
+
+def _partial_group_case(block: int, expect_status: int) -> Case:
+    """N = 1, C = 64, 28 x 28, FP32 with `block` threads: plane groups of 64 threads."""
+    case = Case(1, 64, 28, 28, 3, entry="single", expect_status=expect_status)
+    return replace(case, single=single_launch(case, block=block))
+
+
+def test_single_launch_refuses_blocks_that_split_a_plane_group(checked: Build):
+    """ecaForwardSingleLaunch used to accept any multiple of 32 threads; with 96, 160 or 224 the last plane
+    group was partial and groupReduce read scratch entries no warp had written."""
+    cases = [_partial_group_case(block, CUDA_ERROR_INVALID_VALUE) for block in PARTIAL_GROUP_BLOCKS]
+    outcomes = run_cases(checked, cases)
+    assert all(o.passed for o in outcomes), failures(outcomes)
+
+
+def test_single_launch_runs_every_power_of_two_block(checked: Build):
+    outcomes = run_cases(checked, [_partial_group_case(block, CUDA_SUCCESS) for block in (32, 64, 128, 256)])
+    assert all(o.passed for o in outcomes), failures(outcomes)
+
+
+def test_single_launch_leaves_room_for_its_static_shared_memory(checked: Build):
+    """single_launch_params may ask for the whole 48 KiB of dynamic shared memory, but the kernel's own
+    scratch (static shared memory) counts against the same 48 KiB: k = 4097 on 8192 channels of 23 x 23
+    (plane groups of 64 threads use the scratch)."""
+    case = Case(1, 8192, 23, 23, 4097, entry="single")
+    outcomes = run_cases(checked, [replace(case, single=single_launch(case))], orders=ORDERS[:1])
+    assert all(o.passed for o in outcomes), failures(outcomes)
+
+
+def test_channels_last_window_beyond_the_device_limit_still_runs(checked: Build):
+    """The channels-last gate used to keep the means of its whole channel window in shared memory, asking
+    (min(tile + k - 1, C) + tile) * 4 bytes; past the device's opt-in limit the launch failed after the sums
+    pass had run. Here on both sides of a T4's 64 KiB (the full tier adds 48 KiB, Orin's and H100's limits)."""
+    cases = [case for case in shared_limit_cases() if case.device == "sm75"]
+    outcomes = run_cases(checked, cases, orders=ORDERS[:1])
+    assert all(o.passed for o in outcomes), failures(outcomes)
