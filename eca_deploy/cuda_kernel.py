@@ -28,8 +28,8 @@ from torch import nn
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.models import EcaLayer
-from eca_deploy.nvrtc import PAD_MODE_CODES, single_launch_params
 from eca_deploy.resources import cache_root, plugin_dir
+from eca_deploy.tensorrt.nvrtc import PAD_MODE_CODES, single_launch_params
 
 LIBRARY_NAME = "libeca_kernel.so"
 SOURCES = ("ecaKernel.cu", "ecaCApi.cu")
@@ -217,7 +217,7 @@ def eca_forward(x: torch.Tensor, weight: torch.Tensor, pad_mode: str = "constant
 def eca_forward_single_launch(x: torch.Tensor, weight: torch.Tensor, pad_mode: str = "constant", *,
                               out: torch.Tensor | None = None) -> torch.Tensor:
     """``eca_forward`` through the single-launch kernel of the QDP AOT path (contiguous NCHW only),
-    launched with exactly the shape ``eca_deploy.nvrtc.single_launch_params`` gives TensorRT."""
+    launched with exactly the shape ``eca_deploy.tensorrt.nvrtc.single_launch_params`` gives TensorRT."""
     _check_input(x, pad_mode)
     if not x.is_contiguous():
         raise ValueError("the single-launch kernel needs a contiguous NCHW x")

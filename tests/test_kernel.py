@@ -29,8 +29,20 @@ from eca_deploy.cuda_kernel import (
     replace_eca_modules,
 )
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.models import EcaLayer, create_demo_model, create_model, get_architecture
-from eca_deploy.nvrtc import (
+from eca_deploy.models import (
+    EcaLayer,
+    create_demo_model,
+    create_model,
+    get_architecture,
+)
+from eca_deploy.passes.fused_node import (
+    WRAP_PAD_MIN_OPSET,
+    eca_node_attributes,
+    make_eca_function,
+)
+from eca_deploy.reference import eca_reference
+from eca_deploy.schema import eca_schema
+from eca_deploy.tensorrt.nvrtc import (
     BLOCK_THREADS,
     MAX_SHARED_BYTES,
     PAD_MODE_CODES,
@@ -40,9 +52,6 @@ from eca_deploy.nvrtc import (
     load_nvrtc,
     single_launch_params,
 )
-from eca_deploy.passes.fused_node import WRAP_PAD_MIN_OPSET, eca_node_attributes, make_eca_function
-from eca_deploy.reference import eca_reference
-from eca_deploy.schema import eca_schema
 
 MIN_ARCH = 75
 CUDA_ERROR_INVALID_VALUE = 1

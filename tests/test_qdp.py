@@ -27,8 +27,8 @@ import torch
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.models import EcaLayer
-from eca_deploy.nvrtc import SINGLE_LAUNCH_KERNELS, single_launch_params
 from eca_deploy.passes import fuse_eca
+from eca_deploy.tensorrt.nvrtc import SINGLE_LAUNCH_KERNELS, single_launch_params
 from eca_deploy.tensorrt.qdp import (
     AOT_ATTRIBUTE,
     attribute_text,

@@ -23,10 +23,10 @@ import onnx
 from onnx import helper
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.nvrtc import compile_ptx, single_launch_params
 from eca_deploy.passes.fused_node import is_fallback_function, is_fused_eca_node
 from eca_deploy.schema import eca_schema
 from eca_deploy.tensorrt.backend import AOT_MIN_VERSION, version_tuple
+from eca_deploy.tensorrt.nvrtc import compile_ptx, single_launch_params
 
 AOT_ATTRIBUTE = "aot"  # bool node attribute read by TensorRT's ONNX parser
 DEFAULT_PTX_ARCH = "compute_75"  # the oldest GPU we support; the driver JIT-compiles PTX for newer ones

@@ -30,7 +30,7 @@ import torch
 
 from eca_deploy.models import ARCHITECTURES
 from eca_deploy.models.mobilenetv2 import INVERTED_RESIDUAL_SETTING
-from eca_deploy.nvrtc import single_launch_params
+from eca_deploy.tensorrt.nvrtc import single_launch_params
 
 
 def _gpu_check() -> ModuleType:
@@ -138,7 +138,7 @@ class Case:
 
 
 def single_launch(case: Case, block: int | None = None, per_block: int | None = None) -> SingleLaunch:
-    """The launch shape eca_deploy.nvrtc.single_launch_params gives ``case``, with another block size or
+    """The launch shape eca_deploy.tensorrt.nvrtc.single_launch_params gives ``case``, with another block size or
     channels per block if asked (grid and shared memory follow)."""
     params = single_launch_params(case.n, case.c, case.h, case.w, case.k, case.dtype, case.pad_mode)
     per_block = per_block or params.channels_per_block

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eca_deploy.nvrtc import BLOCK_THREADS
 from eca_deploy.reference import eca_reference
+from eca_deploy.tensorrt.nvrtc import BLOCK_THREADS
 from kernel_emu.build import CHECKED, Build
 from kernel_emu.cases import (
     CUDA_SUCCESS,
