@@ -6,10 +6,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from eca_deploy.errors import EcaDeployError, ParityError, first_line
@@ -166,7 +166,17 @@ def seeded_inputs(batch_size: int, input_shape: Sequence[int], seed: int, index:
     return rng.standard_normal((batch_size, *input_shape), dtype=np.float32)
 
 
-def check_onnx_parity(module: nn.Module, onnx_path: str | Path, *, precision: str = "fp32",
+def _source_name(source: str | Path | onnx.ModelProto) -> str:
+    return source.graph.name if isinstance(source, onnx.ModelProto) else str(source)
+
+
+def _cpu_session(source: str | Path | onnx.ModelProto) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of a file or of a model held in memory."""
+    model = source.SerializeToString() if isinstance(source, onnx.ModelProto) else str(source)
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def check_onnx_parity(module: nn.Module, onnx_path: str | Path | onnx.ModelProto, *, precision: str = "fp32",
                       input_shape: Sequence[int] = (3, 224, 224), batch_sizes: Sequence[int] = (1, 3),
                       seed: int = 0, tolerance: Tolerance | None = None) -> ParityReport:
     """Run ``onnx_path`` on ONNX Runtime CPU and PyTorch FP32 on the same seeded inputs; compare logits.
@@ -178,18 +188,20 @@ def check_onnx_parity(module: nn.Module, onnx_path: str | Path, *, precision: st
     return report
 
 
-def check_onnx_files_parity(module: nn.Module, onnx_paths: Sequence[str | Path], *, precision: str = "fp32",
+def check_onnx_files_parity(module: nn.Module, onnx_paths: Sequence[str | Path | onnx.ModelProto], *,
+                            precision: str = "fp32",
                             input_shape: Sequence[int] = (3, 224, 224), batch_sizes: Sequence[int] = (1, 3),
                             seed: int = 0, tolerance: Tolerance | None = None,
                             inputs: Sequence[np.ndarray] | None = None) -> list[ParityReport]:
     """:func:`check_onnx_parity` for several ONNX files of one model: PyTorch runs once per batch.
 
-    ``inputs`` (float32 N x C x H x W batches, e.g. preprocessed images) replace the seeded batches.
+    ``inputs`` (float32 N x C x H x W batches, e.g. preprocessed images) replace the seeded batches. A model
+    held in memory is reported under its graph's name.
     """
     import torch
 
     tolerance = tolerance or DEFAULT_TOLERANCES[precision]
-    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in onnx_paths]
+    sessions = [_cpu_session(path) for path in onnx_paths]
     reference_module = module.float().eval()
     results: list[list[ParityMetrics]] = [[] for _ in sessions]
     batches = inputs if inputs is not None else [seeded_inputs(size, input_shape, seed) for size in batch_sizes]
@@ -199,7 +211,7 @@ def check_onnx_files_parity(module: nn.Module, onnx_paths: Sequence[str | Path],
         for session, file_results in zip(sessions, results):
             (candidate,) = session.run(None, {INPUT_NAME: x})
             file_results.append(compare_outputs(reference, candidate))
-    return [ParityReport(model=str(path), precision=precision, reference=f"pytorch-fp32 (torch {torch.__version__})",
+    return [ParityReport(model=_source_name(path), precision=precision, reference=f"pytorch-fp32 (torch {torch.__version__})",
                          backend=f"onnxruntime-cpu {ort.__version__}", seed=seed, tolerance=tolerance,
                          results=tuple(file_results))
             for path, file_results in zip(onnx_paths, results)]

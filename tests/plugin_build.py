@@ -8,6 +8,7 @@ the library skip with the reason when there are none, or when nvcc or cmake is m
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -70,6 +71,7 @@ def run_checked(command: list[str]) -> str:
 @functools.cache
 def _build(include_dir: Path, nvcc: str, cmake: str) -> Path:
     build = Path(tempfile.mkdtemp(prefix="eca_plugin_build_"))
+    atexit.register(shutil.rmtree, build, ignore_errors=True)
     run_checked([cmake, "-S", str(plugin_dir()), "-B", str(build), f"-DTensorRT_INCLUDE_DIR={include_dir}",
                  f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCHITECTURE}", "-DECA_WERROR=ON"])
     run_checked([cmake, "--build", str(build), "--parallel", str(os.cpu_count() or 1)])

@@ -12,7 +12,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, export_onnx, to_float16
+from eca_deploy.export import (
+    BATCH_DIM,
+    BATCH_TRACES,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_onnx,
+    generalize_batch,
+    to_float16,
+)
 from eca_deploy.models import create_demo_model
 from eca_deploy.parity import check_onnx_parity
 
@@ -30,6 +38,7 @@ def test_export_passes_parity_at_batch_1_and_3(tmp_path, arch, precision):
     assert report.passed, report.summary()
     assert [r.batch_size for r in report.results] == [1, 3]
     assert report.results[0].top1_agreement == 1.0
+    assert result.batch_trace == BATCH_TRACES[0]  # the fast static trace, generalized
     # The batch axis is symbolic and shared by input and output; I/O stays float32 in FP16 models.
     session = ort.InferenceSession(str(result.path))
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
@@ -103,3 +112,45 @@ def test_fp16_conversion_counts_clamped_values_instead_of_warning():
     assert clamped == {"underflow": 2, "overflow": 1}
     (initializer,) = converted.graph.initializer
     assert numpy_helper.to_array(initializer).dtype == np.float16
+
+
+class _PooledHead(torch.nn.Module):
+    """Pooled features through a batch-leading Reshape and an Expand, the shapes a static trace bakes in."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean((2, 3), keepdim=True)
+        return (x * pooled.sigmoid().expand_as(x)).reshape(x.shape[0], -1)
+
+
+def test_static_trace_is_generalized_to_any_batch():
+    x = torch.randn(2, 4, 3, 3)
+    program = torch.onnx.export(_PooledHead().eval(), (x,), dynamo=True, input_names=[INPUT_NAME],
+                                output_names=[OUTPUT_NAME], verbose=False)
+    static = program.model_proto
+    generalized = generalize_batch(static, batch=2)
+    constants = {t.name: numpy_helper.to_array(t).tolist() for t in generalized.graph.initializer}
+    targets = {node.op_type: constants[node.input[1]] for node in generalized.graph.node
+               if node.op_type in ("Expand", "Reshape")}
+    assert targets["Expand"] == [1, 4, 3, 3] and targets["Reshape"][0] == 0
+    assert len(generalized.graph.initializer) < len(static.graph.initializer) + 2  # the old targets are gone
+    session = ort.InferenceSession(generalized.SerializeToString())
+    for batch in (1, 5):
+        x = torch.randn(batch, 4, 3, 3)
+        (y,) = session.run(None, {INPUT_NAME: x.numpy()})
+        np.testing.assert_allclose(y, _PooledHead()(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+class _BatchMixingHead(torch.nn.Module):
+    """Pooled features beside zeros of the traced batch: a static trace folds them into a constant that
+    no rewrite of Expand or Reshape targets can generalize."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3)), x.new_zeros(x.shape[0], 5)], dim=1)
+
+
+def test_export_falls_back_to_the_symbolic_trace_when_the_static_one_does_not_generalize(tmp_path):
+    module = _BatchMixingHead()
+    result = export_onnx(module, tmp_path / "model.onnx", input_shape=(4, 3, 3))
+    assert result.batch_trace == BATCH_TRACES[1]
+    report = check_onnx_parity(module, result.path, input_shape=(4, 3, 3), batch_sizes=(1, 3))
+    assert report.passed, report.summary()

@@ -28,6 +28,7 @@ import torch
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.models import EcaLayer
 from eca_deploy.passes import fuse_eca
+from eca_deploy.resources import cache_root
 from eca_deploy.tensorrt.nvrtc import SINGLE_LAUNCH_KERNELS, single_launch_params
 from eca_deploy.tensorrt.qdp import (
     AOT_ATTRIBUTE,
@@ -94,10 +95,11 @@ def _download_wheel(cache: Path, distribution: str, version: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tensorrt_python(request, tmp_path_factory):
+def tensorrt_python(tmp_path_factory):
     """A function giving, for a (distribution, version), a folder holding the wheel's ``tensorrt`` Python
     package with only its compiled module replaced by tests/tensorrt_stub.py."""
-    cache = Path(request.config.cache.mkdir("tensorrt-bindings-wheels"))
+    cache = cache_root() / "tensorrt-bindings-wheels"
+    cache.mkdir(parents=True, exist_ok=True)
 
     def package(distribution: str, version: str) -> Path:
         root = tmp_path_factory.mktemp(f"{distribution}-{version}")
