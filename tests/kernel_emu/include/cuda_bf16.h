@@ -3,8 +3,9 @@
  */
 #pragma once
 
+#include "emu_bits.h"
+
 #include <cstdint>
-#include <cstring>
 
 struct __nv_bfloat16
 {
@@ -13,16 +14,12 @@ struct __nv_bfloat16
 
 inline float __bfloat162float(__nv_bfloat16 value)
 {
-    std::uint32_t const bits = static_cast<std::uint32_t>(value.bits) << 16;
-    float result;
-    std::memcpy(&result, &bits, sizeof(result));
-    return result;
+    return emu::floatOf(static_cast<std::uint32_t>(value.bits) << 16);
 }
 
 inline __nv_bfloat16 __float2bfloat16_rn(float value)
 {
-    std::uint32_t bits;
-    std::memcpy(&bits, &value, sizeof(bits));
+    std::uint32_t const bits = emu::bitsOf(value);
     if ((bits & 0x7fffffffu) > 0x7f800000u)
     {
         return __nv_bfloat16{static_cast<std::uint16_t>((bits >> 16) | 0x40u)}; // NaN stays NaN (quiet)

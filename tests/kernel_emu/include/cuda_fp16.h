@@ -3,8 +3,9 @@
  */
 #pragma once
 
+#include "emu_bits.h"
+
 #include <cstdint>
-#include <cstring>
 
 struct __half
 {
@@ -39,15 +40,12 @@ inline float __half2float(__half value)
     {
         bits = sign;
     }
-    float result;
-    std::memcpy(&result, &bits, sizeof(result));
-    return result;
+    return emu::floatOf(bits);
 }
 
 inline __half __float2half_rn(float value)
 {
-    std::uint32_t bits;
-    std::memcpy(&bits, &value, sizeof(bits));
+    std::uint32_t const bits = emu::bitsOf(value);
     std::uint16_t const sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
     std::uint32_t const magnitude = bits & 0x7fffffffu;
     if (magnitude > 0x7f800000u)
