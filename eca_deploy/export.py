@@ -22,10 +22,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import torch
-from onnx import numpy_helper
 from onnxconverter_common import float16
 from torch import nn
 
@@ -41,6 +40,7 @@ from eca_deploy.options import (
     OUTPUT_NAME,
     PRECISIONS,
 )
+from eca_deploy.passes.values import constant_value
 
 #: Batch of the example input the exporters trace; the parity checks run other batch sizes.
 EXAMPLE_BATCH = 2
@@ -107,15 +107,6 @@ def _torch_export(module: nn.Module, example: torch.Tensor, exporter: str, opset
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _constant_arrays(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant node outputs of ``graph`` by name (tensor-valued Constants only)."""
-    arrays = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute[0].name == "value":
-            arrays[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return arrays
-
-
 def generalize_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto | None:
     """A copy of a model traced at a constant ``batch`` whose batch axis is symbolic, or None.
 
@@ -125,46 +116,25 @@ def generalize_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto | No
     nothing else in a target that held no 0; None if one did). Other constants are left alone, so the
     copy must be proven on other batch sizes before use.
     """
-    generalized = onnx.ModelProto()
-    generalized.CopyFrom(model)
-    graph = generalized.graph
-    constants = _constant_arrays(graph)
-    replaced: dict[str, str] = {}
-    for node in graph.node:
-        if node.op_type not in ("Expand", "Reshape") or len(node.input) < 2:
+    graph = gs.import_onnx(model)
+    for node in graph.nodes:
+        if node.op not in ("Expand", "Reshape") or len(node.inputs) < 2:
             continue
-        shape = constants.get(node.input[1])
+        shape = constant_value(node.inputs[1])
         if shape is None or shape.ndim != 1 or shape.size == 0 or shape[0] != batch:
             continue
-        if node.op_type == "Reshape":
+        if node.op == "Reshape":
             if 0 in shape:
                 return None
-            for attribute in node.attribute:
-                if attribute.name == "allowzero":
-                    attribute.i = 0
-        key = f"{node.input[1]}/{node.op_type}"
-        if key not in replaced:
-            free = shape.copy()
-            free[0] = 1 if node.op_type == "Expand" else 0
-            replaced[key] = f"{node.input[1]}_batch_free_{node.op_type.lower()}"
-            graph.initializer.append(numpy_helper.from_array(free, replaced[key]))
-        node.input[1] = replaced[key]
-    _drop_unused_constants(graph, {key.rsplit("/", 1)[0] for key in replaced})
-    del graph.value_info[:]
+            node.attrs["allowzero"] = 0
+        free = shape.copy()
+        free[0] = 1 if node.op == "Expand" else 0
+        node.inputs[1] = gs.Constant(f"{node.outputs[0].name}_batch_free_shape", free)
+    graph.cleanup()  # the batch-leading targets nothing reads any more
+    generalized = gs.export_onnx(graph)
+    del generalized.graph.value_info[:]  # the traced shapes
     _name_batch_dims(generalized)
     return generalized
-
-
-def _drop_unused_constants(graph: onnx.GraphProto, names: set[str]) -> None:
-    """Remove the initializers and Constant nodes among ``names`` that nothing reads any more."""
-    used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-    unused = names - used
-    kept = [tensor for tensor in graph.initializer if tensor.name not in unused]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    kept_nodes = [node for node in graph.node if not (node.op_type == "Constant" and node.output[0] in unused)]
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
 
 
 def _dynamo_export(module: nn.Module, example: torch.Tensor, opset: int) -> tuple[onnx.ModelProto, str]:
