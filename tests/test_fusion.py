@@ -243,6 +243,54 @@ def test_batch_read_from_another_tensor_with_the_same_symbol():
     np.testing.assert_allclose(run(fused, x), eca_reference(np.maximum(x, 0), g.taps), atol=FP32_ATOL, rtol=0)
 
 
+def _unoptimized_dynamo_block(g: EcaGraph, batch_source: str) -> str:
+    """One ECA block on Relu(x) as the dynamo exporter writes it without its optimizer: axes reshaped from a
+    Constant, the batch of each reshape target Reshape(Squeeze(Shape(batch_source)[0:1]), [-1]), and the conv's
+    absent bias Expand(CastLike(0, sequence), Expand(Shape(weight)[0:1], [1]))."""
+    x = g.op("Relu", "x")
+    pooled = g.op("ReduceMean", x, g.op("Reshape", g.const([2, 3]), g.const([-1])), keepdims=0)
+    batch = g.op("Reshape", g.op("Squeeze", g.op("Shape", batch_source, start=0, end=1)), g.const([-1]))
+    sequence = g.op("Reshape", pooled, g.op("Concat", batch, g.const([1]), g.const([-1]), axis=0), allowzero=1)
+    weight = g.weight()
+    bias = g.op("Expand", g.op("CastLike", g.const(0.0, np.float32), sequence),
+                g.op("Expand", g.op("Shape", weight, start=0, end=1), g.const([1])))
+    gate = g.op("Sigmoid", g.op("Conv", sequence, weight, bias, pads=[1, 1], kernel_shape=[3]))
+    gate = g.op("Reshape", gate, g.op("Concat", batch, g.const([-1]), g.const([1]), g.const([1]), axis=0))
+    return g.op("Mul", x, gate)
+
+
+def _annotate(model: onnx.ModelProto, batch_symbol: str) -> onnx.ModelProto:
+    """``model`` with the shape of every intermediate tensor annotated, its batch named ``batch_symbol``."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for value in inferred.graph.value_info:
+        dim = value.type.tensor_type.shape.dim
+        if dim and dim[0].dim_param == "batch":
+            dim[0].dim_param = batch_symbol
+    return inferred
+
+
+@pytest.mark.parametrize("batch_symbol", ["batch", "s0"])
+def test_batch_read_from_the_graph_input_by_an_unoptimized_dynamo_export(batch_symbol):
+    """Reshape targets whose batch is Shape(input)[0:1] fuse, also where the exporter's own annotations name
+    the feature maps' batch differently from the input's (s0 vs batch): inference proves them equal."""
+    g = EcaGraph(18)
+    g.outputs.append(_unoptimized_dynamo_block(g, "x"))
+    model = _annotate(g.model(), batch_symbol)
+    fused, report = fuse_eca(model)
+    assert report.num_fused == 1 and not report.near_misses, report.summary_table()
+    x = random_input(model)
+    np.testing.assert_allclose(run(fused, x), eca_reference(np.maximum(x, 0), g.taps), atol=FP32_ATOL, rtol=0)
+
+
+def test_batch_read_from_an_unrelated_input_is_a_near_miss():
+    """A reshape target built from another graph input's batch cannot be proven to be x's: not fused."""
+    g = EcaGraph(18)
+    g.outputs.append(_unoptimized_dynamo_block(g, "other"))
+    model = g.model()
+    model.graph.input.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, ["other_batch", 2]))
+    assert "cannot tell what shape Reshape" in _near_miss(model)
+
+
 def test_fused_node_carries_the_schema_and_a_function():
     model, g, _ = build_eca(opset=18, casts="fp16")
     fused, report = fuse_eca(model)

@@ -28,9 +28,12 @@ STYLE_PAD_MODES = {"authors": "constant", "timm": "constant", "ceca": "wrap"}
 
 
 def export(module: torch.nn.Module, exporter: str, opset: int, *, half: bool = False,
-           input_shape: tuple[int, int, int] = (3, 12, 12), static_batch: bool = False) -> onnx.ModelProto:
+           input_shape: tuple[int, int, int] = (3, 12, 12), static_batch: bool = False,
+           optimize: bool = True) -> onnx.ModelProto:
     """Export ``module`` with a dynamic batch axis (input "x", output "y"), quietly; ``static_batch``
-    exports batch 1 the way torch.onnx.export does by default (no dynamic axes)."""
+    exports batch 1 the way torch.onnx.export does by default (no dynamic axes); ``optimize=False`` skips
+    the dynamo exporter's graph optimizer (shape targets stay Shape/Squeeze/Reshape/Concat chains, absent
+    conv biases become Expand(CastLike(0)))."""
     module, example = module.eval(), torch.randn(1 if static_batch else 2, *input_shape)
     if half:
         module, example = module.half(), example.half()
@@ -39,7 +42,7 @@ def export(module: torch.nn.Module, exporter: str, opset: int, *, half: bool = F
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             shapes = None if static_batch else ({0: torch.export.Dim("batch")},)
-            program = torch.onnx.export(module, (example,), dynamo=True, optimize=True, verbose=False,
+            program = torch.onnx.export(module, (example,), dynamo=True, optimize=optimize, verbose=False,
                                         dynamic_shapes=shapes, **names)
             return program.model_proto
         buffer = io.BytesIO()
@@ -127,6 +130,28 @@ def test_circular_padding_below_opset_19_fuses(opset):
     x = np.random.default_rng(1).standard_normal((3, 3, 12, 12)).astype(np.float32)
     with torch.no_grad():
         assert_close(run(fused, x), stack.eval()(torch.from_numpy(x)).double().numpy(), FP32_ATOL)
+
+
+@pytest.mark.parametrize("style", ["timm", "ceca"])
+def test_unoptimized_dynamo_exports_fuse(style):
+    """The dynamo exporter without its optimizer: ReduceMean axes from Reshape(Constant), the batch of every
+    reshape target from Shape(x) of the graph input, the conv's absent bias as Expand(CastLike(0, ...))."""
+    torch.manual_seed(4)
+    stack = EcaStack(style, channels=(8, 16), kernels=(3, 5))
+    model = export(stack, "dynamo", OPSETS["dynamo", STYLE_PAD_MODES[style]], optimize=False)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"CastLike", "Expand", "Shape", "Squeeze"} <= ops  # the forms under test are really there
+    fused, report = fuse_eca(model)
+    assert report.num_fused == 2 and not report.near_misses, report.summary_table()
+    assert "CastLike" not in {node.op_type for node in fused.graph.node}
+    assert_equivalent(model, fused, (3, 12, 12), FP32_ATOL)
+
+
+def test_unoptimized_dynamo_export_with_a_real_bias_is_a_near_miss():
+    model = export(BiasedEca(3), "dynamo", 18, input_shape=(8, 4, 4), optimize=False)
+    fused, report = fuse_eca(model)
+    (miss,) = report.near_misses
+    assert report.num_fused == 0 and miss.reason == "the conv has a bias"
 
 
 NEAR_MISSES = {

@@ -176,7 +176,50 @@ def _check(skeleton: onnx.ModelProto, *, full: bool, what: str) -> None:
 
 
 def _tensor_types(skeleton: onnx.ModelProto) -> dict[str, TensorType]:
-    """dtype and shape of every tensor that shape inference can type."""
+    """dtype and shape of every tensor that shape inference can type, one name per provably equal symbolic dim.
+
+    An exporter's own shape annotations may name a dim differently from the graph input it comes from (the
+    feature maps' batch ``s0``, the input's ``batch``), so a shape computed from the input would not be known
+    to hold the feature maps' batch. Inference from the graph inputs alone (the annotations dropped) names
+    every dim after where it came from; two names given to the same dim of the same tensor by the two
+    inferences are the same size, and become one.
+    """
+    annotated = _inferred_types(skeleton)
+    bare = onnx.ModelProto()
+    bare.CopyFrom(skeleton)
+    del bare.graph.value_info[:]
+    derived = _inferred_types(bare)
+    aliases = _SymbolAliases()
+    for name, known in annotated.items():
+        other = derived.get(name)
+        if known.shape and other is not None and other.shape and len(other.shape) == len(known.shape):
+            for mine, theirs in zip(known.shape, other.shape):
+                if isinstance(mine, str) and isinstance(theirs, str):
+                    aliases.join(mine, theirs)
+    merged = {**derived, **{name: known for name, known in annotated.items() if known.shape is not None
+                            or name not in derived}}
+    return {name: TensorType(known.dtype, None if known.shape is None else tuple(
+        aliases.find(d) if isinstance(d, str) else d for d in known.shape)) for name, known in merged.items()}
+
+
+class _SymbolAliases:
+    """Union-find over symbolic dim names."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def find(self, symbol: str) -> str:
+        while (parent := self._parent.get(symbol, symbol)) != symbol:
+            symbol = parent
+        return symbol
+
+    def join(self, a: str, b: str) -> None:
+        roots = sorted({self.find(a), self.find(b)})
+        for root in roots[1:]:
+            self._parent[root] = roots[0]
+
+
+def _inferred_types(skeleton: onnx.ModelProto) -> dict[str, TensorType]:
     graph = onnx.shape_inference.infer_shapes(skeleton, data_prop=True).graph
     types = {}
     for value in [*graph.input, *graph.value_info, *graph.output]:

@@ -18,8 +18,9 @@ import onnx_graphsurgeon as gs
 from eca_deploy.passes import layout as lay
 from eca_deploy.passes.layout import ONE, X_LAYOUT, Dims, Layout, NotEca
 from eca_deploy.passes.report import NearMiss
-from eca_deploy.passes.values import (QDQ_OPS, constant_ints, constant_value, dequantized_value, is_constant,
-                                      is_per_tensor_qdq, optional_input, producer, shape_values)
+from eca_deploy.passes.values import (QDQ_OPS, constant_ints, dequantized_value, is_constant,
+                                      is_per_tensor_qdq, optional_input, producer, shape_values,
+                                      zero_producers)
 
 MIN_OPSET = 13
 POOL_OPS = ("GlobalAveragePool", "ReduceMean")
@@ -177,6 +178,7 @@ class _Chain:
     def match(self) -> EcaMatch:
         conv = self._check_structure()
         taps = self._conv_taps(conv)
+        self.members += self._zero_input(conv, 2)
         layout = self._pooled_layout(self.chain[0])
         self.layouts[self.chain[0].outputs[0].name] = layout
         for node in self.chain[1:]:
@@ -221,11 +223,6 @@ class _Chain:
             raise NotEca("the conv weight is not a constant")
         if weight.ndim != 3 or weight.shape[:2] != (1, 1):
             raise NotEca(f"conv weight shape {list(weight.shape)} is not [1, 1, k]: not a 1D conv across channels")
-        bias = optional_input(conv, 2)
-        if bias is not None and (value := constant_value(bias)) is not None and not value.any():
-            bias = None
-        if bias is not None:
-            raise NotEca("the conv has a bias")
         k = weight.shape[2]
         if k % 2 == 0:
             raise NotEca(f"even kernel size {k}")
@@ -235,6 +232,16 @@ class _Chain:
         if conv.attrs.get("group", 1) != 1:
             raise NotEca(f"conv group {conv.attrs['group']}, ECA needs 1")
         return weight
+
+    @staticmethod
+    def _zero_input(node: gs.Node, index: int, reason: str = "the conv has a bias") -> list[gs.Node]:
+        """The nodes computing input ``index`` of ``node``, absent or provably zero (a bias, a pad value); NotEca
+        with ``reason`` otherwise."""
+        tensor = optional_input(node, index)
+        nodes = [] if tensor is None else zero_producers(tensor)
+        if nodes is None:
+            raise NotEca(reason)
+        return nodes
 
     def _pooled_layout(self, pool: gs.Node) -> Layout:
         """Layout of the pooling output; the pooling must average exactly H and W."""
@@ -342,11 +349,8 @@ class _Chain:
         mode = pad.attrs.get("mode", "constant")
         if mode not in ("constant", "wrap"):
             raise NotEca(f"{mode} padding, not zero or circular")
-        fill = optional_input(pad, 2)
-        if fill is not None and (value := constant_value(fill)) is not None and not value.any():
-            fill = None
-        if mode == "constant" and fill is not None:
-            raise NotEca("padding with a non-zero value")
+        if mode == "constant":
+            self.members += self._zero_input(pad, 2, "padding with a non-zero value")
         pads = self._required_ints(pad, 1, "pads")
         axes = lay.normalize_axes(self._optional_ints(pad, 3) or range(len(layout)), len(layout))
         if len(pads) != 2 * len(axes):

@@ -19,11 +19,12 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
 
 
 def is_constant(tensor: gs.Tensor) -> bool:
-    """Whether ``tensor`` is an initializer or computed from constants by Constant/Identity/Cast."""
+    """Whether ``tensor`` is an initializer or computed from constants by Constant/Identity/Cast/Reshape."""
     if isinstance(tensor, gs.Constant):
         return True
     node = producer(tensor)
-    return node is not None and (node.op == "Constant" or (node.op in _PASS_THROUGH and is_constant(node.inputs[0])))
+    return node is not None and (node.op == "Constant" or (
+        node.op in (*_PASS_THROUGH, "Reshape") and all(is_constant(t) for t in node.inputs[:2])))
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
@@ -43,6 +44,38 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
         if value is not None and node.op == "Cast":
             value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
         return value
+    if node.op == "Reshape":  # the dynamo exporter without its optimizer reshapes constant axes to 1-D
+        value, shape = constant_value(node.inputs[0]), constant_value(node.inputs[1])
+        return None if value is None or shape is None else _reshaped(value, shape, node.attrs.get("allowzero", 0))
+    return None
+
+
+def _reshaped(value: np.ndarray, target: np.ndarray, allowzero: int) -> np.ndarray | None:
+    """``value`` reshaped as ONNX Reshape does (a 0 copies the input's dim unless ``allowzero``), or None."""
+    shape = [value.shape[i] if d == 0 and not allowzero and i < value.ndim else int(d)
+             for i, d in enumerate(target.reshape(-1))]
+    try:
+        return value.reshape(shape)
+    except ValueError:
+        return None
+
+
+def zero_producers(tensor: gs.Tensor) -> list[gs.Node] | None:
+    """The nodes computing ``tensor`` when every element of it is provably 0 (none for a zero constant), else
+    None: a zero ConstantOfShape, or Expand/CastLike/Cast/Identity of a zero, as the dynamo exporter without
+    its optimizer writes a conv's absent bias (CastLike reads a tensor of the block only for its type)."""
+    value = constant_value(tensor)
+    if value is not None:
+        return None if value.any() else []
+    node = producer(tensor)
+    if node is None:
+        return None
+    if node.op == "ConstantOfShape":
+        fill = node.attrs.get("value")
+        return [node] if fill is None or not np.asarray(fill.values).any() else None
+    if node.op in ("Expand", "CastLike", *_PASS_THROUGH):
+        rest = zero_producers(node.inputs[0])
+        return None if rest is None else [node, *rest]
     return None
 
 
@@ -134,7 +167,7 @@ def _slice(values: list, node: gs.Node) -> list | None:
 
 
 def shape_values(tensor: gs.Tensor, shape_of: Callable[[gs.Tensor], Layout | list[int] | None]) -> Target | None:
-    """Evaluate a 1-D int64 shape tensor: constants and Shape/Gather/Slice/Concat/(Un)Squeeze chains.
+    """Evaluate a 1-D int64 shape tensor: constants and Shape/Gather/Slice/Concat/(Un)Squeeze/Reshape chains.
 
     ``shape_of`` gives a tensor's layout (labels) or static shape; elements from a labelled axis
     come out as labels ("1" becomes the integer 1). Returns None when not computable.
@@ -159,6 +192,9 @@ def shape_values(tensor: gs.Tensor, shape_of: Callable[[gs.Tensor], Layout | lis
         return None
     if node.op in ("Unsqueeze", "Squeeze", *_PASS_THROUGH):
         return source
+    if node.op == "Reshape":  # a shape vector (or one element of it) reshaped to 1-D
+        target = constant_ints(node, 1)
+        return source if target in ([-1], [len(source)]) else None
     if node.op == "Gather" and node.attrs.get("axis", 0) == 0:
         indices = constant_ints(node, 1)
         if indices is None or any(not -len(source) <= i < len(source) for i in indices):
