@@ -1,8 +1,8 @@
 """Output files and folders: checked before any work, written atomically, nothing left behind on failure.
 
-``check_output_dir`` runs before a command loads anything: a file in the way, a read-only folder
-or one that cannot be created is one sentence (exit 2) instead of a traceback after minutes of
-work. ``staged_outputs`` writes into a hidden folder inside the destination and moves the files
+``check_output_dir`` and ``check_output_file`` run before a command loads anything: a file in the
+way of a folder, a folder in the way of a file, a read-only folder or one that cannot be created is
+one sentence (exit 2) instead of a traceback after minutes of work. ``staged_outputs`` writes into a hidden folder inside the destination and moves the files
 into place only when the whole step succeeded; on failure (Ctrl-C included) it removes the
 staging folder and any folder it created, so no empty or half-written output remains.
 """
@@ -55,6 +55,17 @@ def check_output_dir(path: Path, option: str = "-o") -> Path:
         os.unlink(probe)
     except OSError as error:
         raise unwritable(existing, error) from error
+    return path
+
+
+def check_output_file(path: Path, option: str, default_name: str | None = None) -> Path:
+    """Check, before any work, that ``path`` can be written as a file: an existing folder is refused (exit 2,
+    the same rule for every command's file options), and its folder must take files or be creatable."""
+    path = Path(path)
+    if path.is_dir():
+        example = f", e.g. {path / default_name}" if default_name else ""
+        raise EcaDeployError(f"{option} {path} is a folder; name the file to write{example}")
+    check_output_dir(path.parent, option)
     return path
 
 

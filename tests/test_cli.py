@@ -135,6 +135,28 @@ def test_export_checks_options_and_outputs_before_loading_the_model(tmp_path):
     assert in_the_way.read_text() == "keep me"
 
 
+def test_a_folder_where_a_file_is_written_is_refused_before_any_work(tmp_path, mobilenet_onnx):
+    """One rule for every file option (README, --help): an existing folder is exit 2 with the file name to use,
+    before the model is read, and nothing is written into the folder."""
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    cases = [
+        (("eca-fuse", mobilenet_onnx, "-o", folder), r"-o .*existing is a folder; name the file to write, e\.g\. "
+                                                     r".*existing/mnv2\.eca\.onnx"),
+        (("eca-fuse", mobilenet_onnx, "--report", folder), r"--report .*existing is a folder"),
+        (("eca-deploy", "build", mobilenet_onnx, "-o", folder), r"-o .*existing is a folder; .*mnv2\.engine"),
+        (("eca-deploy", "build", mobilenet_onnx, "-o", tmp_path / "m.engine", "--report", folder),
+         r"--report .*existing is a folder; .*m\.engine\.json"),
+        (("eca-deploy", "compare", mobilenet_onnx, mobilenet_onnx, "--json", folder), r"--json .*existing is a folder"),
+    ]
+    for (command, *args), pattern in cases:
+        before = tree(tmp_path)
+        result = run_cli(command, *args, timeout=60)
+        assert_refused(result, pattern)
+        assert "Loading" not in result.stderr and "Building" not in result.stderr
+        assert tree(tmp_path) == before
+
+
 def test_read_only_and_full_output_folders_are_one_sentence(tmp_path):
     with read_only_dir(tmp_path / "ro") as folder:
         result = run_cli("eca-export", *QUICK_EXPORT, "-o", folder / "out")

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from ecanets import BiasedEca, CecaModule, EcaStack, OtherTensorEca, ReluGateEca, SeBlock, WidthPoolEca, eca_block
+from ecanets import BiasedEca, EcaStack, OtherTensorEca, ReluGateEca, SeBlock, WidthPoolEca, eca_block
 from onnxconverter_common import float16
 
 from eca_deploy.export import export_onnx

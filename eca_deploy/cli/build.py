@@ -23,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eca_deploy._io import check_output_dir, write_text_atomic
+from eca_deploy._io import check_output_file, write_text_atomic
 from eca_deploy.cli.args import add_engine_profile_args
 from eca_deploy.options import PRECISION_ROUTES, TENSORRT_FLAVOURS
 from eca_deploy.progress import Progress
@@ -32,7 +32,8 @@ from eca_deploy.resources import cache_root
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="ONNX model (plain or fused by eca-fuse / eca-export)")
-    parser.add_argument("-o", "--output", type=Path, help="engine file (default: <model stem>.engine beside it)")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="engine file, not a folder (default: <model stem>.engine beside it)")
     add_engine_profile_args(parser)
     group = parser.add_argument_group("engine")
     group.add_argument("--precision-route", choices=PRECISION_ROUTES, default="strongly-typed",
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", type=Path, default=cache_root() / "engines",
                        help=f"engine and timing cache (default: {cache_root() / 'engines'})")
     group.add_argument("--no-cache", action="store_true", help="always build; no engine or timing cache")
-    parser.add_argument("--report", type=Path, help="JSON report (default: <engine>.json beside it)")
+    parser.add_argument("--report", type=Path, metavar="FILE", help="JSON report file (default: <engine>.json beside it)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print TensorRT's verbose log, with the plugin's answers to the builder (formats, "
@@ -57,10 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = args.output or args.model.with_name(f"{args.model.name.removesuffix('.onnx')}.engine")
-    report = args.report or output.with_name(output.name + ".json")
-    check_output_dir(output.parent)
-    check_output_dir(report.parent, "--report")
+    default_output = f"{args.model.name.removesuffix('.onnx')}.engine"
+    output = check_output_file(args.output or args.model.with_name(default_output), "-o", default_output)
+    report = check_output_file(args.report or output.with_name(output.name + ".json"), "--report",
+                               output.name + ".json")
 
     from eca_deploy.tensorrt.engine import build_engine
 

@@ -19,23 +19,20 @@ import json
 import sys
 from pathlib import Path
 
-from eca_deploy._io import check_output_dir, write_text_atomic
-from eca_deploy.errors import EcaDeployError
+from eca_deploy._io import check_output_file, write_text_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("baseline", type=Path, help="report A (JSON file or report folder)")
     parser.add_argument("candidate", type=Path, help="report B (JSON file or report folder)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the comparison as JSON")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the comparison as JSON to this file (not a folder)")
 
 
 def run(args: argparse.Namespace) -> int:
     from eca_deploy.harness.report import compare_reports, comparison_warning, format_comparison, load_report
 
     if args.json is not None:
-        if args.json.is_dir():
-            raise EcaDeployError(f"--json {args.json} is a folder; name the file to write")
-        check_output_dir(args.json.parent, "--json")
+        check_output_file(args.json, "--json", "comparison.json")
     baseline, candidate = load_report(args.baseline), load_report(args.candidate)
     rows = compare_reports(baseline, candidate)
     warning = comparison_warning(baseline, candidate)

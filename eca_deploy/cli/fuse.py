@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eca_deploy._io import check_output_dir, staged_outputs, write_text_atomic
+from eca_deploy._io import check_output_file, staged_outputs, write_text_atomic
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.progress import Progress
 
@@ -30,8 +30,10 @@ FP16_ATOL = 2e-3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="ONNX model to fuse")
-    parser.add_argument("-o", "--output", type=Path, help="fused model (default: <model>.eca.onnx beside it)")
-    parser.add_argument("--report", type=Path, help="JSON report (default: <output stem>.fusion.json beside the output)")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help="fused model file, not a folder (default: <model>.eca.onnx beside it)")
+    parser.add_argument("--report", type=Path, metavar="FILE",
+                        help="JSON report file (default: <output stem>.fusion.json beside the output)")
     parser.add_argument("--expect", type=int, metavar="N", help="fail unless exactly N ECA blocks are fused")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime equivalence check")
     parser.add_argument("--plugin-only", action="store_true",
@@ -46,12 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = args.output or args.model.with_name(f"{args.model.name.removesuffix('.onnx')}.eca.onnx")
-    report_path = args.report or output.with_name(f"{output.name.removesuffix('.onnx')}.fusion.json")
+    default_output = f"{args.model.name.removesuffix('.onnx')}.eca.onnx"
+    output = check_output_file(args.output or args.model.with_name(default_output), "-o", default_output)
+    default_report = f"{output.name.removesuffix('.onnx')}.fusion.json"
+    report_path = check_output_file(args.report or output.with_name(default_report), "--report", default_report)
     if output.resolve() == args.model.resolve():
         raise EcaDeployError("the output would overwrite the input model: pass another -o")
-    check_output_dir(output.parent)
-    check_output_dir(report_path.parent, "--report")
 
     from eca_deploy.onnx_files import load_onnx, onnx_precision, save_checked
     from eca_deploy.parity import check_onnx_equivalence
