@@ -221,3 +221,32 @@ def test_validate_warns_when_the_image_folder_has_other_classes_than_the_model(m
     index.write_text("".join(f"n0144{i:04d}\n" for i in range(8)) + "n01440764\nn01443537\n")  # 10 classes
     assert main(["validate", *common, "--class-index", str(index), "-o", str(tmp_path / "c")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_failing_comparison_against_a_torchscript_reference_writes_its_report(mnv2, tmp_path):
+    """TorchScript modules take no forward hooks: the first diverging layer is not searched, the report says
+    why, and everything else (metrics, verdict, exit code 1) is written as for any failing backend."""
+    import numpy as np
+    import onnx
+    import torch
+
+    module, plain, _ = mnv2
+    scripted = tmp_path / "mnv2.ts.pt"
+    torch.jit.save(torch.jit.trace(module.eval(), torch.randn(1, 3, 64, 64)), str(scripted))
+    broken = onnx.load(str(plain))
+    weight = max(broken.graph.initializer, key=lambda t: np.prod(t.dims))  # the classifier: outputs change
+    values = onnx.numpy_helper.to_array(weight) * -1.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), weight.name))
+    other = tmp_path / "other.onnx"
+    onnx.save(broken, str(other))
+
+    result = run_cli("eca-validate", scripted, "--input-size", "64", "-b", f"ort-cpu={other}", "--num-batches", "1",
+                     "-o", tmp_path / "acc")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    report = json.loads((tmp_path / "acc/accuracy.json").read_text())
+    (candidate,) = report["accuracy"]["candidates"]
+    assert candidate["passed"] is False and candidate["metrics"]["cosine_similarity"] < 0.99
+    assert "TorchScript module takes no forward hooks" in candidate["localization"]["not_searched"]
+    assert candidate["localization"]["summary"].startswith("first diverging layer not searched")
+    assert "first diverging layer not searched" in result.stdout + result.stderr

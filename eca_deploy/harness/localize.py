@@ -41,8 +41,16 @@ class Divergence:
     relative_error: float | None
     modules_reproduced: int
     modules_compared: int
+    not_searched: str | None = None  #: why the search could not run (the rest of the report is unaffected)
+
+    @classmethod
+    def unavailable(cls, reason: str) -> Divergence:
+        """The answer when the search cannot run on this module or model."""
+        return cls(None, None, None, None, None, None, None, 0, 0, not_searched=reason)
 
     def summary(self) -> str:
+        if self.not_searched is not None:
+            return f"first diverging layer not searched: {self.not_searched}"
         if self.diverging_module is None:
             return (f"every compared module output is reproduced ({self.modules_reproduced}/{self.modules_compared}); "
                     f"the difference arises after the last module")
@@ -93,8 +101,8 @@ def onnx_intermediates(path: Path, sample: np.ndarray) -> list[tuple[str, np.nda
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
-        raise EcaDeployError(f"cannot localise the divergence: ONNX Runtime rejects {path.name} with every "
-                             f"tensor marked as an output ({first_line(error)})") from error
+        raise EcaDeployError(f"ONNX Runtime rejects {path.name} with every tensor marked as an output "
+                             f"({first_line(error)})") from error
     (graph_input,) = session.get_inputs()
     dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
     names = [name for name in producers if name in {out.name for out in session.get_outputs()}]
@@ -105,10 +113,19 @@ def onnx_intermediates(path: Path, sample: np.ndarray) -> list[tuple[str, np.nda
 
 def first_divergence(module: nn.Module, onnx_path: str | Path, sample: np.ndarray, *,
                      precision: str = "fp32") -> Divergence:
-    """Compare every module output of ``module`` with the tensors of ``onnx_path`` on one sample."""
+    """Compare every module output of ``module`` with the tensors of ``onnx_path`` on one sample; where that
+    cannot run (a TorchScript module takes no forward hooks, ONNX Runtime refuses the model's intermediates),
+    the Divergence says why."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return Divergence.unavailable("a TorchScript module takes no forward hooks, so its layers' outputs cannot "
+                                      "be compared; give the checkpoint or architecture as SOURCE")
+    try:
+        intermediates = onnx_intermediates(Path(onnx_path), sample)
+    except EcaDeployError as error:
+        return Divergence.unavailable(str(error))
     tolerance = MATCH_TOLERANCE[precision]
     by_shape: dict[tuple[int, ...], list[tuple[int, str, np.ndarray, str, str]]] = defaultdict(list)
-    for position, (tensor, value, node, op_type) in enumerate(onnx_intermediates(Path(onnx_path), sample)):
+    for position, (tensor, value, node, op_type) in enumerate(intermediates):
         by_shape[value.shape].append((position, tensor, value.astype(np.float64), node, op_type))
 
     compared = []  # (module, type, [(relative error, graph position, tensor, node, op type), ...] best first)
