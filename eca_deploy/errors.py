@@ -22,6 +22,14 @@ class PluginNotUsedError(EcaDeployError):
     exit_code = 1
 
 
+class UnreadableImageError(EcaDeployError):
+    """A file that cannot be read as an image: image folders skip and count these unless told to be strict."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (or its type name), for one-sentence errors."""
     text = str(error).strip()

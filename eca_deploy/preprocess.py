@@ -10,7 +10,10 @@ ECA-Net was evaluated on ImageNet with torchvision's transforms on PIL images (E
 - ``Normalize``: ``(x - mean) / std`` per channel, in float32.
 
 Images can be file paths, PIL images or RGB uint8 HWC arrays; they are converted to RGB as the
-authors' loader did. Pillow is needed for decoding and resizing (``pip install pillow``).
+authors' loader did (grayscale is replicated, alpha dropped, CMYK converted), except 16-bit images,
+which Pillow's RGB conversion would saturate: they keep their top 8 bits. Any size is accepted (a
+1 x 1 image is resized like any other). Pillow is needed for decoding and resizing
+(``pip install pillow``).
 
 Models exported at another resolution (``--input-size``) keep the authors' resize/crop ratio:
 ``Preprocessing.for_input_size(64)`` resizes to 73 and crops 64.
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from eca_deploy.errors import EcaDeployError, first_line
+from eca_deploy.errors import EcaDeployError, UnreadableImageError, first_line
 from eca_deploy.resources import resource_path
 
 ImageLike = Any  # str | Path | PIL.Image.Image | np.ndarray (H x W x 3 uint8, RGB)
@@ -95,22 +98,37 @@ def _zoo_preprocessing() -> Preprocessing:
                          interpolation=str(block.get("interpolation", "bilinear")))
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # Pillow's modes for 16-bit grayscale files
+
+
 def load_image(image: ImageLike):
-    """Open ``image`` (path, PIL image or RGB uint8 H x W x 3 array) as an RGB PIL image."""
+    """Open ``image`` (path, PIL image or RGB uint8 H x W x 3 array) as an RGB PIL image; a file that cannot be
+    decoded raises :class:`UnreadableImageError`."""
     Image = _pil()
     if isinstance(image, (str, Path)):
         try:
             with Image.open(image) as opened:
-                return opened.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise EcaDeployError(f"cannot read image {image}: {first_line(error)}") from error
+                opened.load()  # decode now: the file closes when the block ends
+                return to_rgb(opened)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise UnreadableImageError(image, first_line(error)) from error
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise EcaDeployError(f"image arrays must be RGB uint8 H x W x 3, got {image.dtype} of shape {image.shape}")
         return Image.fromarray(np.ascontiguousarray(image))
     raise EcaDeployError(f"cannot preprocess a {type(image).__name__}: pass a path, a PIL image or an RGB uint8 array")
+
+
+def to_rgb(image):
+    """A PIL image in RGB: 16-bit grayscale scaled to 8 bits first (Pillow's own conversion clips it at 255)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        eight_bit = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return _pil().fromarray(eight_bit).convert("RGB")
+    return image.convert("RGB")
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:

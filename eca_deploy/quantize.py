@@ -57,50 +57,42 @@ def random_calibration(input_shape: Sequence[int], size: int, seed: int = 0, bat
     return CalibrationData(batches, {"kind": "random", "seed": seed, "samples": size})
 
 
-MIN_IMAGE_FRACTION = 2  # calibration images must be at least input size / 2 on their shorter side
-
-
 class CalibrationImages:
     """A checked calibration folder (ImageFolder or flat) whose images go through the authors' preprocessing.
 
-    Checks happen when it is made, before any model is loaded: a missing or empty folder, files that are
-    not images, and images too small for the model's input (upscaled more than twice, they would
-    calibrate on blur) are one-sentence errors.
+    Checks happen when it is made, before any model is loaded: a missing folder, or one without a readable
+    image, is a one-sentence error. Any image the preprocessing takes is used, whatever its size; files that
+    cannot be read are skipped and counted (``strict``: refused), as in ``validate --images``.
     """
 
-    def __init__(self, folder: Path, input_size: int, batch_size: int = 8) -> None:
-        from PIL import Image
-
+    def __init__(self, folder: Path, input_size: int, batch_size: int = 8, *, strict: bool = False) -> None:
         from eca_deploy.harness.data import ImageFolderInputs
         from eca_deploy.preprocess import Preprocessing
 
         self.folder = Path(folder)
         self.inputs = ImageFolderInputs(self.folder, Preprocessing.from_zoo().for_input_size(input_size),
-                                        batch_size=batch_size)
-        for path, _ in self.inputs.samples:
-            with Image.open(path) as image:
-                if min(image.size) < input_size // MIN_IMAGE_FRACTION:
-                    raise EcaDeployError(f"calibration image {path.name} is {image.size[0]}x{image.size[1]}: images "
-                                         f"for a {input_size}-pixel model need at least "
-                                         f"{input_size // MIN_IMAGE_FRACTION} pixels on the shorter side")
+                                        batch_size=batch_size, strict=strict)
 
     def load(self, size: int) -> CalibrationData:
-        """The first ``size`` images, preprocessed."""
-        chosen = self.inputs.samples[:size]
-        batch = self.inputs.batch_size
-        batches = [self.inputs.load(chosen[start:start + batch]).images for start in range(0, len(chosen), batch)]
+        """The first ``size`` readable images, preprocessed (fewer where some of them fail to decode)."""
+        batches = [batch.images for batch in self.inputs.batches(self.inputs.samples[:size], self.inputs.batch_size)]
+        if not batches:
+            raise EcaDeployError(f"no calibration image in {self.folder} could be decoded: "
+                                 f"{self.inputs.skipped.summary(self.folder)}")
         return CalibrationData(batches, {"kind": "images", "root": str(self.folder), "layout": self.inputs.layout,
-                                         "samples": len(chosen)})
+                                         "samples": sum(len(batch) for batch in batches),
+                                         "skipped_files": self.inputs.skipped.to_dict()})
 
-    def parity_batches(self, size: int, limit: int = 8) -> list[np.ndarray]:
+    def parity_batches(self, size: int, limit: int = 8) -> list[np.ndarray] | None:
         """Up to ``limit`` images to check the quantized model on: ones the calibration (the first ``size``)
-        did not see, where the folder has them."""
+        did not see, where the folder has them; None when none decodes (the check then uses seeded inputs)."""
         unseen = self.inputs.samples[size:] or self.inputs.samples
-        return [self.inputs.load(unseen[:limit]).images]
+        batch = next(self.inputs.batches(unseen, limit), None)
+        return None if batch is None else [batch.images]
 
 
 def image_calibration(folder: Path, input_size: int, size: int) -> CalibrationData:
-    """Up to ``size`` images of ``folder`` through the authors' preprocessing."""
+    """Up to ``size`` images of ``folder`` through the authors' preprocessing (unreadable files skipped)."""
     return CalibrationImages(folder, input_size).load(size)
 
 

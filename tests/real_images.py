@@ -45,3 +45,33 @@ def write_photographs(folder: Path, names: list[str] | None = None) -> list[Path
         Image.fromarray(images[name]).save(path, quality=92)
         paths.append(path)
     return paths
+
+
+#: A real folder's awkward files (write_awkward_folder): name -> readable by the preprocessing.
+AWKWARD_FILES = {"truncated.jpg": False, "notes.jpg": False, "tiny.png": True, "cmyk.jpg": True, "deep.png": True,
+                 "gray.png": True, "rgba.png": True, "small.jpg": True}
+
+
+def write_awkward_folder(folder: Path) -> Path:
+    """The files one meets in real image folders, made from the photographs: a truncated JPEG, a text file named
+    .jpg, a 1 x 1 PNG, a CMYK JPEG, a 16-bit grayscale PNG and its 8-bit twin (``gray.png``), an RGBA PNG and a
+    102 x 102 JPEG (smaller than the 256-pixel resize)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images = photographs()
+    Image.fromarray(images["astronaut"]).save(folder / "whole.jpg", quality=92)
+    whole = (folder / "whole.jpg").read_bytes()
+    (folder / "whole.jpg").unlink()
+    (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (folder / "notes.jpg").write_text("meeting notes, not an image\n")
+    Image.fromarray(images["coffee"][:1, :1]).save(folder / "tiny.png")
+    Image.fromarray(images["chelsea"]).convert("CMYK").save(folder / "cmyk.jpg")
+    gray = images["camera"][..., 0]
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "deep.png")
+    Image.fromarray(gray).save(folder / "gray.png")
+    alpha = np.full(images["rocket"].shape[:2], 128, np.uint8)
+    Image.fromarray(np.dstack([images["rocket"], alpha])).save(folder / "rgba.png")
+    Image.fromarray(images["coffee"]).resize((102, 102)).save(folder / "small.jpg")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(AWKWARD_FILES)
+    return folder

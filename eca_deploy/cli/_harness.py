@@ -86,6 +86,8 @@ class HarnessRun:
             self.progress.info(f"skipped {name}: {reason}")
         if plots_skipped:
             self.progress.info(f"skipped plots: {plots_skipped}")
+        for warning in report["warnings"]:
+            warn(warning)
         return report
 
     def model_info(self) -> dict[str, Any]:
@@ -111,9 +113,10 @@ def _check_flags(args: argparse.Namespace, names: list[str], cuda_graphs: bool) 
         raise EcaDeployError(f"--plugin applies to {', '.join(PLUGIN_BACKENDS)} backends, and none is named")
     if names and cuda_graphs and not set(names) & set(CUDA_GRAPH_BACKENDS):
         raise EcaDeployError(f"--cuda-graphs applies to {', '.join(CUDA_GRAPH_BACKENDS)} backends, and none is named")
-    if not args.images and (args.class_index or args.limit):
-        raise EcaDeployError(f"{'--class-index' if args.class_index else '--limit'} applies to an image folder: "
-                             f"add --images DIR")
+    image_flags = [flag for flag, given in (("--class-index", args.class_index), ("--limit", args.limit),
+                                            ("--strict", args.strict)) if given]
+    if not args.images and image_flags:
+        raise EcaDeployError(f"{image_flags[0]} applies to an image folder: add --images DIR")
 
 
 def _open_images(args: argparse.Namespace, batch_size: int) -> ImageFolderInputs:
@@ -122,7 +125,7 @@ def _open_images(args: argparse.Namespace, batch_size: int) -> ImageFolderInputs
 
     preprocessing = Preprocessing.from_zoo().for_input_size(args.input_size)
     return ImageFolderInputs(args.images, preprocessing, batch_size=batch_size, class_index=args.class_index,
-                             limit=args.limit)
+                             limit=args.limit, strict=args.strict)
 
 
 def _warn_on_class_count(args: argparse.Namespace, images: ImageFolderInputs, num_classes: int | None) -> None:

@@ -47,6 +47,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="square input resolution (default: 224)")
 
 
+def add_strict_images_arg(group: argparse._ArgumentGroup, folder_option: str) -> None:
+    """``--strict``: what an image folder's unreadable files do (the same for --images and --calib)."""
+    group.add_argument("--strict", action="store_true",
+                       help=f"with {folder_option}: refuse the folder when a file in it cannot be read as an image "
+                            "(default: skip it, count it and name it in the report and on the terminal)")
+
+
 def add_output_args(parser: argparse.ArgumentParser, default_dir: str = "exported") -> None:
     """Where results go and how chatty the command is."""
     group = parser.add_argument_group("output")
@@ -91,5 +98,6 @@ def add_harness_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
                         help="with --images: class folder name per line in model order, or imagenet_class_index.json "
                              "(default: sorted class folders)")
     inputs.add_argument("--limit", type=positive_int, metavar="N", help="with --images: use at most N images")
+    add_strict_images_arg(inputs, "--images")
     inputs.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     add_output_args(parser, default_dir)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from eca_deploy import __version__
 from eca_deploy._io import check_output_dir, staged_outputs
-from eca_deploy.cli.args import add_engine_profile_args, add_model_args, add_output_args, opset, positive_int
+from eca_deploy.cli.args import (add_engine_profile_args, add_model_args, add_output_args, add_strict_images_arg,
+                                 opset, positive_int)
 from eca_deploy.errors import EcaDeployError, ParityError
 from eca_deploy.options import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS
 from eca_deploy.progress import Progress
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     quantization.add_argument("--calib-method", choices=CALIBRATION_METHODS, default=CALIBRATION_METHODS[0],
                               help=f"activation range estimate (default: {CALIBRATION_METHODS[0]}, chosen by "
                                    "measurement, BENCHMARKS.md)")
+    add_strict_images_arg(quantization, "--calib")
     group.add_argument("--opset", type=opset, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     group.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                        help="PyTorch exporter (default: dynamo, the cleanest graph; legacy is faster and is "
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise EcaDeployError("--plugin-only writes a variant of the fused model: drop --no-fuse")
     if args.calib and not args.int8:
         raise EcaDeployError("--calib calibrates INT8 quantization: add --int8")
+    if args.strict and not args.calib:
+        raise EcaDeployError("--strict applies to a calibration folder: add --calib DIR")
 
     from eca_deploy.checkpoints import load_model
     from eca_deploy.export import check_export_options, effective_exporter, export_onnx
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from eca_deploy.quantize import CalibrationImages, quantize_int8, random_calibration
 
     check_export_options(args.exporter, args.opset)
-    calibration_images = CalibrationImages(args.calib, args.input_size) if args.calib else None
+    calibration_images = CalibrationImages(args.calib, args.input_size, strict=args.strict) if args.calib else None
     if args.engine:
         from eca_deploy.tensorrt.engine import BatchProfile
         from eca_deploy.tensorrt.plugin_library import resolve_plugin_library
@@ -150,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
                                              method=args.calib_method, external_data=args.external_data)
             report["quantization"] = quantization.to_dict()
             progress.info(f"  {quantization.summary()}")
+            if calibration_images and calibration_images.inputs.skipped.count:
+                progress.info(f"  warning: {calibration_images.inputs.skipped.summary(args.calib)}")
             exported_path = staging / f"{tag}.onnx"
             parity_inputs = calibration_images.parity_batches(args.calib_size) if calibration_images else None
         if any(exported.fp16_clamped.values()):

@@ -9,26 +9,52 @@ Image folders come in two layouts, as torchvision reads them:
 - flat: ``root/<image>``; no labels, so only agreement with the reference is reported.
 
 Images are preprocessed with the authors' transforms (:mod:`eca_deploy.preprocess`) scaled to
-the model's input size. Every image is opened (its header, no decoding) when the folder is read, so
-a file that is not an image is reported before any model is loaded.
+the model's input size. Every file is opened (its header, no decoding) when the folder is read, so
+files that are not images are known before any model is loaded. A large folder should survive one
+bad file without shrinking silently: files that cannot be read (there, or when a truncated one fails
+to decode later) are skipped, counted and the first few named (:class:`SkippedFiles`, in the
+report); ``strict=True`` refuses the folder at the first one instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from eca_deploy.errors import EcaDeployError, first_line
+from eca_deploy.errors import EcaDeployError, UnreadableImageError, first_line
+from eca_deploy.harness.report import skipped_files_sentence
 from eca_deploy.parity import seeded_inputs
 from eca_deploy.preprocess import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class SkippedFiles:
+    """Files of an image folder that could not be read as images: counted, the first few named with why."""
+
+    count: int = 0
+    first: list[dict[str, str]] = field(default_factory=list)
+    named: ClassVar[int] = 5  #: how many are named
+
+    def add(self, error: UnreadableImageError) -> None:
+        self.count += 1
+        if len(self.first) < self.named:
+            self.first.append({"file": str(error.path), "reason": error.reason})
+
+    def summary(self, root: Path) -> str:
+        """One line for the terminal, empty when nothing was skipped."""
+        return skipped_files_sentence(self.to_dict(), root) if self.count else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "first": self.first}
 
 
 @dataclass
@@ -70,12 +96,14 @@ class ImageFolderInputs:
     """Images under ``root`` (ImageFolder or flat layout), preprocessed in batches of ``batch_size``.
 
     ``num_classes``: how many classes the labels index (the class index's length, else the number of
-    class folders); None for a flat folder.
+    class folders); None for a flat folder. Unreadable files are skipped and counted in ``skipped``
+    (``strict``: refused with one sentence); ``limit`` counts the readable ones.
     """
 
     def __init__(self, root: str | Path, preprocessing: Preprocessing, *, batch_size: int,
-                 class_index: str | Path | None = None, limit: int | None = None) -> None:
-        self.root = Path(root)
+                 class_index: str | Path | None = None, limit: int | None = None, strict: bool = False) -> None:
+        self.root, self.strict, self.skipped = Path(root), strict, SkippedFiles()
+        self._unreadable: set[Path] = set()
         if not self.root.is_dir():
             raise EcaDeployError(f"image folder {self.root} does not exist or is not a folder")
         if batch_size < 1:
@@ -101,10 +129,10 @@ class ImageFolderInputs:
         if not self.samples:
             raise EcaDeployError(f"no images in {self.root} (looked for {', '.join(IMAGE_SUFFIXES)} files, "
                                  f"directly or in class folders)")
-        if limit is not None:
-            self.samples = self.samples[:limit]
-        for path, _ in self.samples:
-            _check_image(path)
+        readable = (sample for sample in self.samples if self._readable_header(sample[0]))
+        self.samples = list(itertools.islice(readable, limit))
+        if not self.samples:
+            raise EcaDeployError(f"no readable image in {self.root}: {self.skipped.summary(self.root)}")
 
     @property
     def has_labels(self) -> bool:
@@ -114,43 +142,68 @@ class ImageFolderInputs:
         return -(-len(self.samples) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        for start in range(0, len(self.samples), self.batch_size):
-            yield self.load(self.samples[start:start + self.batch_size])
+        """Batches of ``batch_size`` decoded images in folder order (the last one smaller); files that fail to
+        decode are skipped and the batch filled from the next ones."""
+        return self.batches(self.samples, self.batch_size)
 
-    def load(self, samples: Sequence[tuple[Path, int]]) -> Batch:
-        """Decode and preprocess ``samples``, timing it."""
-        begin = time.perf_counter()
-        images = self.preprocessing.batch(path for path, _ in samples)
-        labels = np.array([label for _, label in samples], dtype=np.int64) if self.has_labels else None
-        return Batch(images, labels, time.perf_counter() - begin)
+    def batches(self, samples: Iterable[tuple[Path, int]], batch_size: int) -> Iterator[Batch]:
+        """``samples`` decoded and preprocessed in batches of ``batch_size``, each timed."""
+        samples = iter(samples)
+        while True:
+            begin = time.perf_counter()
+            decoded = list(itertools.islice(self._decoded(samples), batch_size))
+            if not decoded:
+                return
+            labels = np.array([label for _, label in decoded], dtype=np.int64) if self.has_labels else None
+            yield Batch(np.stack([image for image, _ in decoded]), labels, time.perf_counter() - begin)
 
     def batch_of(self, batch_size: int, index: int) -> Batch:
         """The ``index``-th batch of ``batch_size`` images, cycling through the folder (for benchmarks)."""
-        count = len(self.samples)
+        readable = [sample for sample in self.samples if sample[0] not in self._unreadable]
         start = index * batch_size
-        return self.load([self.samples[(start + i) % count] for i in range(batch_size)])
+        cycled = (readable[(start + i) % len(readable)] for i in itertools.count()) if readable else iter(())
+        batch = next(self.batches(cycled, batch_size), None)
+        if batch is None:
+            raise EcaDeployError(f"no image in {self.root} could be decoded: {self.skipped.summary(self.root)}")
+        return batch
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "images", "root": str(self.root), "layout": self.layout, "samples": len(self.samples),
+        return {"kind": "images", "root": str(self.root), "layout": self.layout,
+                "samples": len(self.samples) - len(self._unreadable), "skipped_files": self.skipped.to_dict(),
                 "labels": self.has_labels, "num_classes": self.num_classes, "batch_size": self.batch_size,
                 "preprocessing": {"resize": self.preprocessing.resize, "crop": self.preprocessing.crop,
                                   "mean": list(self.preprocessing.mean), "std": list(self.preprocessing.std),
                                   "interpolation": self.preprocessing.interpolation}}
 
+    def _decoded(self, samples: Iterator[tuple[Path, int]]) -> Iterator[tuple[np.ndarray, int]]:
+        for path, label in samples:
+            if path in self._unreadable:
+                continue
+            try:
+                yield self.preprocessing(path), label
+            except UnreadableImageError as error:  # a truncated file passes the header check, fails here
+                self._skip(error)
+                self._unreadable.add(path)
+
+    def _readable_header(self, path: Path) -> bool:
+        """Whether ``path`` opens as an image (header only, no decoding); else skipped, or refused when strict."""
+        from PIL import Image
+
+        try:
+            with Image.open(path):
+                return True
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            self._skip(UnreadableImageError(path, first_line(error)))
+            return False
+
+    def _skip(self, error: UnreadableImageError) -> None:
+        if self.strict:
+            raise EcaDeployError(f"{error} (--strict refuses a folder with unreadable files)") from error
+        self.skipped.add(error)
+
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _check_image(path: Path) -> None:
-    """Open ``path`` and read its header (no decoding): unreadable and non-image files fail here."""
-    from PIL import Image
-
-    try:
-        with Image.open(path):
-            pass
-    except (OSError, ValueError) as error:
-        raise EcaDeployError(f"cannot read image {path}: {first_line(error)}") from error
 
 
 def load_class_index(path: str | Path) -> dict[str, int]:
