@@ -25,7 +25,7 @@ from eca_deploy.harness.environment import PowerSampler, capture_environment
 from eca_deploy.harness.latency import LatencySettings, measure_latency
 from eca_deploy.harness.report import (PANEL_HEIGHT_IN, PANEL_MARGIN_IN, PLOT_DPI, SCHEMA_PATH, compare_reports,
                                        distribution_panels, load_report, new_report, offline_bars, plot_caption,
-                                       plot_latency, to_markdown, write_report)
+                                       plot_latency, report_warnings, to_markdown, write_report)
 
 # latency_distribution.png has one panel per backend: two in these reports
 PLOT_SIZES = {"latency_distribution.png": (800, round(PLOT_DPI * (PANEL_MARGIN_IN + 2 * PANEL_HEIGHT_IN))),
@@ -167,6 +167,31 @@ def test_plots_name_the_run_and_show_every_backend_and_its_values(reports, tmp_p
             point["samples_ms"] = [value * 100 for value in point["samples_ms"]]
     plot_latency(slow, tmp_path)
     _assert_drawn(tmp_path / "latency_distribution.png", PLOT_SIZES["latency_distribution.png"], bands=2)
+
+
+def test_a_busy_machine_is_warned_about_in_the_json_the_markdown_and_every_plot(reports, tmp_path, schema):
+    """Other processes holding the CPUs slow PyTorch's default intra-op threads by tens of times: the warning
+    travels with the numbers (JSON warnings, Markdown, each plot's title), with the --threads advice."""
+    busy = copy.deepcopy(load_report(reports / "latency"))
+    busy["run"]["cpu_load"]["other_fraction"] = 0.45
+    (warning,) = busy["warnings"] = report_warnings(busy)
+    assert warning.startswith("other processes kept 45% of the CPUs busy during the run") and "--threads 1" in warning
+    jsonschema.validate(busy, schema)
+    assert f"- **warning**: {warning}" in to_markdown(busy)
+    assert "WARNING: other processes kept 45% of the CPUs busy" in plot_caption(busy)
+    written = plot_latency(busy, tmp_path)
+    assert len(written) == len(PLOT_SIZES)
+    for path in written:
+        _assert_drawn(path, PLOT_SIZES[path.name], bands=2 if path.name == "latency_distribution.png" else 1)
+
+    busy["run"]["threads"] = 1
+    (warning,) = report_warnings(busy)
+    assert "--threads" not in warning  # the advice is for the default setting only
+    quiet = load_report(reports / "latency")
+    assert quiet["warnings"] == report_warnings(quiet)
+    accuracy = copy.deepcopy(load_report(reports / "accuracy"))
+    accuracy["run"]["cpu_load"]["other_fraction"] = 0.45
+    assert report_warnings(accuracy) == []  # agreement does not depend on the load
 
 
 def test_compare_prints_ratios_side_by_side(reports, tmp_path, capsys):

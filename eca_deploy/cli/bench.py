@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     from eca_deploy.harness.data import Batch, RandomInputs
     from eca_deploy.harness.environment import PowerSampler
     from eca_deploy.harness.latency import LatencySettings, measure_latency, scenario_summary
-    from eca_deploy.harness.report import BUSY_OTHER_FRACTION
 
     try:
         settings = LatencySettings(args.warmup_iterations, args.warmup_seconds, args.iterations, args.duration)
@@ -63,16 +62,14 @@ def run(args: argparse.Namespace) -> int:
     sampler = PowerSampler(args.power, interval_s=args.power_interval)
     with _harness.start(args, include_torch_cpu=True, batch_size=max(batch_sizes),
                         cuda_graphs=args.cuda_graphs) as session:
+        random = RandomInputs(session.input_shape, batch_size=max(batch_sizes), num_batches=1, seed=args.seed)
         if session.images:
-            next_batch, inputs = session.images.batch_of, session.images.describe() | {"batch_sizes": batch_sizes}
+            next_batch = session.images.batch_of
         else:
-            random = RandomInputs(session.input_shape, batch_size=max(batch_sizes), num_batches=1, seed=args.seed)
             pool = {size: [random.batch(size, index) for index in range(2)] for size in batch_sizes}
 
             def next_batch(size: int, index: int) -> Batch:
                 return Batch(pool[size][index % 2], None)
-
-            inputs = random.describe() | {"batch_sizes": batch_sizes}
         results = []
         with session.backends() as backends:
             with session.progress.bar(len(backends) * len(batch_sizes), "Benchmarking") as bar:
@@ -84,11 +81,8 @@ def run(args: argparse.Namespace) -> int:
         body = {"settings": asdict(settings) | {"batch_sizes": batch_sizes, "cuda_graphs": args.cuda_graphs,
                                                 "power_source": sampler.source},
                 "results": [result.to_dict() for result in results], "summary": summary}
+        inputs = (session.images or random).describe() | {"batch_sizes": batch_sizes}  # after the run: its skips
         session.write("latency", inputs, body, plots=not args.no_plots)
-    other = session.cpu_load.other_fraction
-    if other is not None and other >= BUSY_OTHER_FRACTION:
-        _harness.warn(f"other processes kept {other:.0%} of the CPUs busy during the benchmark, so these timings "
-                      f"may be slower than this machine gives")
     for name, figures in summary.items():
         single, offline = figures["single_stream"], figures["offline"]
         line = f"{name}: "

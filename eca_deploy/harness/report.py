@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import io
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,37 @@ def new_report(kind: str, *, model: dict[str, Any], environment: dict[str, Any],
     """
     if kind not in KINDS:
         raise ValueError(f"unknown report kind {kind!r}")
-    return {"schema_version": SCHEMA_VERSION, "kind": kind, "tool": f"eca-deploy {__version__}",
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": model,
-            "environment": environment, "inputs": inputs, "skipped_backends": skipped_backends, "run": run,
-            kind: body}
+    report = {"schema_version": SCHEMA_VERSION, "kind": kind, "tool": f"eca-deploy {__version__}",
+              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": model,
+              "environment": environment, "inputs": inputs, "skipped_backends": skipped_backends, "run": run,
+              kind: body}
+    return {**report, "warnings": report_warnings(report)}
+
+
+def report_warnings(report: dict[str, Any]) -> list[str]:
+    """What makes a report's numbers less than they look, one sentence each: the top-level ``warnings`` of the
+    JSON, printed by the command, listed in the Markdown and on every plot."""
+    warnings = []
+    other = other_cpu_load(report)
+    if report["kind"] == "latency" and other is not None and other >= BUSY_OTHER_FRACTION:
+        threads = (report.get("run") or {}).get("threads")
+        advice = ("; with the default threads, PyTorch's intra-op threads wait for busy cores: --threads 1 or a quiet "
+                  "machine gives steadier numbers" if threads is None else "")
+        warnings.append(f"other processes kept {other:.0%} of the CPUs busy during the run, so these timings may be "
+                        f"slower than this machine gives{advice}")
+    skipped = (report.get("inputs") or {}).get("skipped_files") or {}
+    if skipped.get("count"):
+        warnings.append(skipped_files_sentence(skipped, report["inputs"].get("root")))
+    return warnings
+
+
+def skipped_files_sentence(skipped: dict[str, Any], root: str | Path | None) -> str:
+    """The unreadable files an image folder skipped (``SkippedFiles.to_dict()``): how many, the first few and why."""
+    count = skipped["count"]
+    names = "; ".join(f"{Path(item['file']).name}: {item['reason']}" for item in skipped["first"])
+    more = f" and {count - len(skipped['first'])} more" if count > len(skipped["first"]) else ""
+    return (f"skipped {count} unreadable file{'s' if count > 1 else ''} in {root} ({names}{more}); "
+            "--strict refuses the folder instead")
 
 
 def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -150,8 +178,10 @@ def plot_caption(report: dict[str, Any]) -> str:
     """What every plot's title names: the model and its input, the precisions, the thread setting and the host."""
     model = report["model"]
     size = "x".join(map(str, model.get("input_shape", [])))
-    return (f"{model.get('arch') or model.get('source')} {size}, {'/'.join(precisions(report))}, "
-            f"threads {threads_setting(report)} | {host_line(report)}")
+    caption = (f"{model.get('arch') or model.get('source')} {size}, {'/'.join(precisions(report))}, "
+               f"threads {threads_setting(report)} | {host_line(report)}")
+    return "\n".join([caption, *(textwrap.fill(f"WARNING: {warning}", PLOT_CAPTION_WIDTH)
+                                  for warning in report.get("warnings", []))])
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -173,6 +203,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- nvpmodel: {jetson.get('nvpmodel') or 'unavailable'}")
     for name, reason in report["skipped_backends"].items():
         lines.append(f"- skipped {name}: {reason}")
+    lines += [f"- **warning**: {warning}" for warning in report.get("warnings", [])]
     rows = table_rows(report)
     columns = [c for c in _columns(report["kind"]) if any(row.get(c) is not None for row in rows)]
     lines += ["", _ACCURACY_LEGEND if report["kind"] == "accuracy" else _LATENCY_LEGEND, ""]
@@ -184,6 +215,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- plots
 
 PLOT_DPI = 100
+PLOT_CAPTION_WIDTH = 110  # characters per line of a plot's warning lines
 PANEL_HEIGHT_IN = 1.6  # latency_distribution.png: one panel per backend
 PANEL_MARGIN_IN = 1.0  # and room for the title
 
