@@ -146,6 +146,11 @@ def test_export_cli_on_an_authors_checkpoint(tmp_path, capsys):
                                                                               "authors-checkpoint")
     assert report["fusion"]["num_fused"] == 17
     assert all(parity["passed"] for parity in report["parity"])
+    assert report["schema_version"] == 2  # one vocabulary with validate's reports:
+    for result in (r for parity in report["parity"] for r in parity["results"]):
+        assert "max_rel_error" not in result
+        assert result["max_rel_error_vs_ref_max"] == pytest.approx(result["max_abs_error"] / result["reference_max_abs"])
+        assert result["max_elementwise_rel_error"] >= 0
     assert "eca_mobilenet_v2_k13.eca.onnx" in capsys.readouterr().out
 
 
@@ -155,4 +160,4 @@ def test_export_cli_rejects_bad_checkpoints_with_exit_2_and_no_files(tmp_path, r
     assert export_main([str(_corrupt(tmp_path, resnet18, case)), "-o", str(out), "-q"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("eca-export: error: ") and "Traceback" not in error
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # no folder left behind, not even an empty one

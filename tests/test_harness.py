@@ -89,7 +89,7 @@ def test_identical_backends_give_zero_error(model):
     report = validate(TorchBackend(module), [TorchBackend(module)], _random())
     (result,) = report.candidates
     m = result.metrics
-    assert (m.max_abs_error, m.max_rel_error) == (0.0, 0.0)
+    assert (m.max_abs_error, m.max_elementwise_rel_error, m.max_rel_error_vs_ref_max) == (0.0, 0.0, 0.0)
     assert m.cosine_similarity == pytest.approx(1.0, abs=1e-12)
     assert (m.top1_agreement, m.top5_agreement, m.batch_size) == (1.0, 1.0, 8)
     assert result.passed and report.passed

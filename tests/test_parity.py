@@ -16,7 +16,7 @@ def logits():
 
 def test_identical_outputs_have_zero_error(logits):
     metrics = compare_outputs(logits, logits.copy())
-    assert metrics.max_abs_error == 0.0 and metrics.max_rel_error == 0.0
+    assert metrics.max_abs_error == 0.0 and metrics.max_elementwise_rel_error == 0.0
     assert metrics.cosine_similarity == pytest.approx(1.0) and metrics.top1_agreement == 1.0
     assert metrics.passes(DEFAULT_TOLERANCES["fp32"])
 

@@ -26,7 +26,7 @@ from eca_deploy.errors import EcaDeployError, ParityError
 from eca_deploy.options import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS
 from eca_deploy.progress import Progress
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2  # 2: parity results name their errors as validate does (max_elementwise_rel_error ...)
 _CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".ckpt", ".bin")
 
 

@@ -59,7 +59,7 @@ class CandidateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.backend["precision"], "passed": self.passed,
-                "tolerance": asdict(self.tolerance), "metrics": asdict(self.metrics),
+                "tolerance": asdict(self.tolerance), "metrics": self.metrics.to_dict(),
                 "smallest_passing_tolerance": self.metrics.smallest_passing(self.tolerance),
                 "label_accuracy": self.labels, "localization": self.localization}
 
