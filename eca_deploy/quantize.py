@@ -17,6 +17,7 @@ BENCHMARKS.md):
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import tempfile
 import time
@@ -106,20 +107,20 @@ class QuantizationReport:
     quantize_linear: int
     dequantize_linear: int
     quantized_ops: dict[str, int]
-    eca_nodes_excluded: int
+    eca_blocks_in_float: int  #: ECA blocks left unquantized: unfused ones excluded, EcaAttention nodes
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         ops = ", ".join(f"{count} {op}" for op, count in self.quantized_ops.items())
         return (f"{self.quantize_linear} QuantizeLinear / {self.dequantize_linear} DequantizeLinear nodes; INT8 inputs "
-                f"for {ops}; {self.eca_nodes_excluded} ECA nodes kept in floating point ({self.seconds:.1f} s)")
+                f"for {ops}; {self.eca_blocks_in_float} ECA blocks kept in floating point ({self.seconds:.1f} s)")
 
     def to_dict(self) -> dict:
         return {"quantizer": self.quantizer, "calibration_method": self.calibration_method,
                 "calibration": self.calibration, "quantize_linear": self.quantize_linear,
                 "dequantize_linear": self.dequantize_linear, "quantized_ops": self.quantized_ops,
-                "eca_nodes_excluded": self.eca_nodes_excluded, "settings": self.settings,
+                "eca_blocks_in_float": self.eca_blocks_in_float, "settings": self.settings,
                 "seconds": round(self.seconds, 2)}
 
 
@@ -134,13 +135,18 @@ class _Reader:
         return next(self._feeds, None)
 
 
-def eca_block_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes of every unfused ECA block of ``model`` (pooling, gate path, Mul), as the fusion
-    pass finds them; nodes need names (see :func:`_named`)."""
+def unfused_eca_blocks(model: onnx.ModelProto) -> list[tuple[str, ...]]:
+    """The node names of each unfused ECA block of ``model`` (pooling, gate path, Mul), as the fusion pass
+    finds them; nodes need names (see :func:`_named`)."""
     from eca_deploy.passes import fuse_eca
 
     _, report = fuse_eca(model, verify=False)
-    return [name for block in report.fused for name in block.replaced]
+    return [block.replaced for block in report.fused]
+
+
+def eca_block_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes of every unfused ECA block of ``model``, for a quantizer's exclusion list."""
+    return [name for block in unfused_eca_blocks(model) for name in block]
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -167,7 +173,10 @@ def quantize_int8(model_path: str | Path, output_path: str | Path, calibration: 
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
         raise EcaDeployError(f"{Path(model_path).name} is FP16: quantize the FP32 model (INT8 layers choose their "
                              "own precision for what stays floating point)")
-    excluded = eca_block_nodes(model)
+    from eca_deploy.passes import count_fused_nodes
+
+    blocks = unfused_eca_blocks(model)
+    excluded = [name for block in blocks for name in block]
     settings = {"quant_format": "QDQ", "activation_type": "int8", "weight_type": "int8", "per_channel": True,
                 "symmetric": True, "op_types": list(QUANTIZED_OP_TYPES), "output_quantization": False,
                 "bias": "float"}
@@ -176,7 +185,7 @@ def quantize_int8(model_path: str | Path, output_path: str | Path, calibration: 
         source = Path(work) / "float.onnx"
         save_onnx(model, source, external_data=model.ByteSize() > onnx.checker.MAXIMUM_PROTOBUF // 2)
         try:
-            with _quiet_root_logger():
+            with _quiet_quantizer():
                 quantize_static(
                     str(source), str(Path(work) / "int8.onnx"), _Reader(INPUT_NAME, calibration.batches),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -194,6 +203,7 @@ def quantize_int8(model_path: str | Path, output_path: str | Path, calibration: 
                                  f"{first_line(error)}") from error
         quantized = onnx.load(str(Path(work) / "int8.onnx"))
     _float_conv_outputs_into_adds(quantized)
+    _drop_unused_initializers(quantized)
     quantized.producer_name = "eca-deploy"
     save_onnx(quantized, Path(output_path), external_data)
     ops = Counter(node.op_type for node in quantized.graph.node)
@@ -202,7 +212,8 @@ def quantize_int8(model_path: str | Path, output_path: str | Path, calibration: 
         quantizer=f"onnxruntime {_ort_version()} quantize_static", calibration_method=method,
         calibration=calibration.source, quantize_linear=sum(ops[op] for op in Q_OPS),
         dequantize_linear=sum(ops[op] for op in DQ_OPS),
-        quantized_ops=dict(sorted(Counter(consumers).items())), eca_nodes_excluded=len(excluded),
+        quantized_ops=dict(sorted(Counter(consumers).items())),
+        eca_blocks_in_float=len(blocks) + count_fused_nodes(model),
         seconds=time.perf_counter() - start, settings=settings)
 
 
@@ -235,14 +246,35 @@ def _float_conv_outputs_into_adds(model: onnx.ModelProto) -> int:
     return len(removed) // 2
 
 
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    """Remove initializers no node reads (in place): the scales and zero points of Q/DQ pairs taken out, which
+    ONNX Runtime would otherwise warn about in every session."""
+    read = {name for node in _all_nodes(model.graph) for name in node.input}
+    read |= {value.name for value in model.graph.output}
+    unused = [init for init in model.graph.initializer if init.name not in read]
+    for init in unused:
+        model.graph.initializer.remove(init)
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of ``graph`` and of the subgraphs (If/Loop/Scan bodies) inside them."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _all_nodes(subgraph)
+
+
 @contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """Silence the quantizer's advice on the root logger (it suggests a pre-processing the exporters did)."""
+def _quiet_quantizer() -> Iterator[None]:
+    """Silence the quantizer's advice on the root logger (it suggests a pre-processing the exporters did) and
+    its calibration prints on stdout, which would break into the progress line."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.setLevel(level)
 

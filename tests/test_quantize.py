@@ -66,7 +66,9 @@ def test_quantized_model_is_int8_where_tensorrt_wants_it_and_float_in_eca(tmp_pa
     nodes = model.graph.node
     assert report.quantize_linear == sum(n.op_type == "QuantizeLinear" for n in nodes) > 0
     assert report.quantized_ops == {"Add": 8, "Conv": 20, "Gemm": 1}  # every conv, the classifier, residual adds
-    assert report.eca_nodes_excluded > 0 and qdq_inside_eca_blocks(model) == []
+    assert report.eca_blocks_in_float == 8 and qdq_inside_eca_blocks(model) == []
+    read = {name for node in nodes for name in node.input}  # ONNX Runtime warns about each unused initializer
+    assert [init.name for init in model.graph.initializer if init.name not in read] == []
     inputs, outputs = model.graph.input[0], model.graph.output[0]
     assert inputs.type.tensor_type.elem_type == outputs.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     for node in nodes:  # symmetric: every zero point is 0
@@ -92,7 +94,8 @@ def test_fusion_and_quantization_compose_in_both_orders(tmp_path, resnet18, phot
     fused_fp32, _ = fuse_eca(onnx.load(str(plain)))
     save_onnx(fused_fp32, tmp_path / "fused.onnx")
     # fuse, then quantize: the EcaAttention nodes stay float, their weight un-quantized
-    quantize_int8(tmp_path / "fused.onnx", tmp_path / "fused.int8.onnx", calibration)
+    report = quantize_int8(tmp_path / "fused.onnx", tmp_path / "fused.int8.onnx", calibration)
+    assert report.eca_blocks_in_float == 8  # blocks, not nodes: the EcaAttention nodes
     fuse_then_quantize = onnx.load(str(tmp_path / "fused.int8.onnx"))
     assert count_fused_nodes(fuse_then_quantize) == 8 and qdq_inside_eca_blocks(fuse_then_quantize) == []
     # quantize, then fuse: every block fuses, the Q/DQ at its boundary stay
@@ -197,6 +200,10 @@ def test_export_int8_without_images_warns_and_uses_random_inputs(tmp_path):
                      "--exporter", "legacy", "-o", tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "warning: no --calib folder: calibrating on 4 seeded random inputs" in result.stderr
+    quantizing = next(line for line in result.stderr.splitlines() if "Quantizing to INT8" in line)
+    assert quantizing.endswith("s)") and "Collecting" not in result.stdout + result.stderr  # no quantizer chatter
+    assert "Removing initializer" not in result.stderr  # no unused Q/DQ parameters for ONNX Runtime to warn about
+    assert "8 ECA blocks kept in floating point" in result.stderr
     report = json.loads((tmp_path / "out" / "eca_resnet18.int8.report.json").read_text())
     assert report["quantization"]["calibration"] == {"kind": "random", "seed": 0, "samples": 4}
 
