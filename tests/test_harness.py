@@ -497,3 +497,26 @@ def test_the_plugin_library_comes_from_the_environment_where_a_backend_needs_it(
     assert plan(f"ort-cpu={fused}").backends == [("ort-cpu", fused)]
     with pytest.raises(EcaDeployError, match=r"missing.so \(from \$ECA_PLUGIN_LIBRARY\) does not exist"):
         plan(f"trt={fused}")
+
+
+def test_a_skipped_backend_names_the_first_thing_that_stops_it(tmp_path, monkeypatch):
+    """The runtime and the GPU come before the plugin library: with no TensorRT execution provider, asking for
+    a plugin library would send the user after the wrong thing."""
+    from eca_deploy.harness import targets
+
+    def plan(available: dict[str, str | None], plugin_library: Path | None = None):
+        monkeypatch.setattr(targets, "available_backends", lambda: available)
+        return targets.plan_backends([], work_dir=tmp_path, precision="fp32", include_torch_cpu=False,
+                                     plugin_library=plugin_library)
+
+    here = available_backends()
+    monkeypatch.delenv("ECA_PLUGIN_LIBRARY", raising=False)
+    no_provider = {**here, "ort-trt": "TensorrtExecutionProvider is not in this onnxruntime build"}
+    assert plan(no_provider).skipped["ort-trt"] == no_provider["ort-trt"]
+    assert plan({**here, "ort-trt": None}).skipped["ort-trt"].startswith("no plugin library")
+    library = tmp_path / "libeca_plugin_autoreg.so"
+    library.write_bytes(b"")
+    with_library = plan({**here, "ort-trt": None}, library)
+    assert "ort-trt" not in with_library.skipped and ("ort-trt", tmp_path / "model.eca.onnx") in with_library.backends
+    if here["ort-trt"] is not None:  # this machine: the CLI says what is missing, not the plugin
+        assert plan(here).skipped["ort-trt"] == here["ort-trt"]

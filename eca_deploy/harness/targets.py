@@ -127,16 +127,15 @@ def plan_backends(specs: Sequence[tuple[str, Path | None]], *, work_dir: Path | 
     plan.exports = {"onnx": plain, "fused_onnx": fused}
     torch_gpu = "torch-cuda-fp16" if precision == "fp16" else "torch-cuda"
     wanted: list[tuple[str, Path | None]] = [("torch-cpu", None)] if include_torch_cpu else []
-    wanted += [("ort-cpu", plain), ("ort-cpu", fused), (torch_gpu, None), ("ort-cuda", fused)]
-    if plan.plugin_library is not None:
-        wanted.append(("ort-trt", fused))
-    else:
-        plan.skipped["ort-trt"] = "no plugin library: pass --plugin libeca_plugin_autoreg.so"
+    wanted += [("ort-cpu", plain), ("ort-cpu", fused), (torch_gpu, None), ("ort-cuda", fused), ("ort-trt", fused)]
+    no_plugin = None if plan.plugin_library is not None else "no plugin library: pass --plugin or set $ECA_PLUGIN_LIBRARY"
     for name, path in wanted:
-        if available[name] is None:
+        # The first thing that stops a backend: the runtime and the GPU before the plugin library.
+        reason = available[name] or (no_plugin if name in PLUGIN_BACKENDS else None)
+        if reason is None:
             plan.backends.append((name, path))
         else:
-            plan.skipped[name] = available[name]
+            plan.skipped[name] = reason
     if available["trt"] is not None:
         plan.skipped["trt"] = available["trt"]
         return plan
@@ -144,7 +143,7 @@ def plan_backends(specs: Sequence[tuple[str, Path | None]], *, work_dir: Path | 
     if plan.plugin_library is not None:
         plan.engines.append(EngineToBuild("plugin", fused, work_dir / f"{tag}.eca.engine", plan.plugin_library))
     else:
-        plan.skipped["trt (plugin engine)"] = "no plugin library: pass --plugin or set $ECA_PLUGIN_LIBRARY"
+        plan.skipped["trt (plugin engine)"] = no_plugin
     plan.backends += [("trt", engine.engine_path) for engine in plan.engines]
     return plan
 
