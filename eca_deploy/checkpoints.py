@@ -40,6 +40,19 @@ class LoadedModel:
     source: str
 
     @property
+    def output_stride(self) -> int | None:
+        """How many input pixels make one pixel of the last feature map, where the architecture is known."""
+        return get_architecture(self.arch).output_stride if self.arch is not None else None
+
+    def check_input_size(self, size: int) -> None:
+        """Refuse a square input this network cannot take: one smaller than its output stride leaves the last
+        stage no pixel (exports and parity would still pass, on a degenerate network)."""
+        stride = self.output_stride
+        if stride is not None and size < stride:
+            raise EcaDeployError(f"--input-size {size} is too small for {self.arch}, which downsamples {stride}x: "
+                                 f"give at least {stride} pixels (its released weights were trained at 224)")
+
+    @property
     def kernel_spec(self) -> str:
         """Kernel sizes in the authors' notation (``k3557``) where it applies, else listed."""
         if not self.kernel_sizes:

@@ -116,6 +116,16 @@ def test_bad_arguments_are_one_sentence_before_anything_runs(tmp_path, args, pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("command", "model", "size"), [("eca-export", "eca_resnet18", 7),
+                                                        ("eca-validate", "eca_mobilenet_v2", 1),
+                                                        ("eca-bench", "eca_resnet50", 31)])
+def test_input_sizes_the_architecture_cannot_take_are_refused(tmp_path, command, model, size):
+    """The zoo's networks downsample 32x: a smaller input would export, and pass parity, as a degenerate network."""
+    result = run_cli(command, model, "--input-size", str(size), "-q", "-o", tmp_path / "out")
+    assert_refused(result, rf"--input-size {size} is too small for {model}, which downsamples 32x: give at least 32")
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_checks_options_and_outputs_before_loading_the_model(tmp_path):
     in_the_way = tmp_path / "file"
     in_the_way.write_text("keep me")

@@ -169,6 +169,7 @@ def start(args: argparse.Namespace, *, include_torch_cpu: bool, batch_size: int,
         with progress.step(f"Loading {args.source}"):
             loaded = load_model(args.source, arch=args.arch, kernels=args.kernels, num_classes=args.num_classes,
                                 allow_pickle=args.allow_pickle)
+        loaded.check_input_size(args.input_size)
         source = f"{args.source} (the default SOURCE)" if args.source == DEFAULT_SOURCE else args.source
         reference = ReferenceShape((3, args.input_size, args.input_size), loaded.num_classes, source)
         check_files(plan, reference)

@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     with progress.step(f"Loading {args.source}"):
         loaded = load_model(args.source, arch=args.arch, kernels=args.kernels, num_classes=args.num_classes,
                             allow_pickle=args.allow_pickle)
+    loaded.check_input_size(args.input_size)
     classes = f"{loaded.num_classes} classes" if loaded.num_classes else "class count unknown"
     progress.info(f"  {loaded.arch or 'unknown architecture'}, ECA kernels {loaded.kernel_spec}, {classes} "
                   f"({loaded.source_kind})")

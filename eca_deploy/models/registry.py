@@ -43,6 +43,7 @@ class Architecture:
     family: str  # "resnet" or "mobilenet_v2"
     layers: tuple[int, ...] = ()  # ResNet: blocks per stage
     block: str = ""  # ResNet: "basic" or "bottleneck"
+    output_stride: int = 32  # input pixels per pixel of the last feature map: the smallest input side
 
     @property
     def num_eca_layers(self) -> int:
