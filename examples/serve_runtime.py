@@ -12,7 +12,7 @@ thread-safe: ONNX Runtime sessions run concurrently, TensorRT requests take an e
 the runtime's pool. Connections are kept alive (HTTP/1.1): every request body is read in full, even
 when the request is refused, so the next request on the connection parses. Errors are JSON
 ``{"error": "<one sentence>"}``: 400 for bad input (not an image, wrong shape or dtype, NaN, a bad
-``k``), 404 for unknown paths, 411/413 for a body without a length or above ``MAX_BODY_BYTES`` (the
+``k``), 404 for unknown paths, 405 with ``Allow`` for a path asked with the other method, 411/413 for a body without a length or above ``MAX_BODY_BYTES`` (the
 connection then closes), 500 for a failure of the service itself. The port is taken before the model
 loads, so a port in use is one sentence on stderr and exit code 2. For production batching and
 metrics, serve the model repository that ``eca_deploy.triton_repo.write_triton_repository`` writes
@@ -40,6 +40,7 @@ from eca_deploy.runtime import EcaRuntime, load_class_names
 
 MAX_BODY_BYTES = 64 << 20
 DEFAULT_TOP_K = 5
+ROUTES = {"/health": "GET", "/classify": "POST", "/predict": "POST"}  # path -> the one method it answers
 
 
 class ClassifierServer(ThreadingHTTPServer):
@@ -69,17 +70,33 @@ class ClassifierHandler(BaseHTTPRequestHandler):
     timeout = 60  # seconds a keep-alive connection may sit idle (or a body stall) before it is closed
     server: ClassifierServer
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, status: int, payload) -> None:
-        self._send(status, json.dumps(payload).encode() + b"\n", "application/json")
+    def _json(self, status: int, payload, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode() + b"\n", "application/json", headers)
+
+    def _route(self, method: str) -> str | None:
+        """The request's path when ``method`` is the one it answers; else the 404 or 405 (with ``Allow``) is sent."""
+        path = urlparse(self.path).path
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            routes = ", ".join(f"{verb} {route}" for route, verb in ROUTES.items())
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no {path}: this service answers {routes}"})
+            return None
+        if allowed != method:
+            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{path} answers {allowed}, not {method}"},
+                       {"Allow": allowed})
+            return None
+        return path
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """A refusal before the body was read (ours, and http.server's own for a bad request line or an
@@ -109,25 +126,18 @@ class ClassifierHandler(BaseHTTPRequestHandler):
         return body
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self._read_body() is None:
-            return
-        if urlparse(self.path).path == "/health":
+        if self._read_body() is not None and self._route("GET") == "/health":
             self._json(HTTPStatus.OK, self.server.runtime.describe())
-        else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": "GET /health, POST /classify or POST /predict"})
 
     def do_POST(self) -> None:  # noqa: N802
         body = self._read_body()
-        if body is None:
+        if body is None or (path := self._route("POST")) is None:
             return
-        url = urlparse(self.path)
         try:
-            if url.path == "/classify":
-                self._classify(url.query, body)
-            elif url.path == "/predict":
-                self._predict(body)
+            if path == "/classify":
+                self._classify(urlparse(self.path).query, body)
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": "POST /classify (an image) or /predict (.npy)"})
+                self._predict(body)
         except EcaDeployError as error:  # the client's fault: say why
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
         except Exception as error:  # noqa: BLE001  (the service's fault: log it, answer in one sentence)

@@ -98,6 +98,11 @@ def _error(payload: bytes) -> str:
     return error
 
 
+def _with_nan(batch: np.ndarray) -> np.ndarray:
+    batch[0, 0, 0, 0] = np.nan
+    return batch
+
+
 def test_example_service_serves_the_runtime(model, service):
     module, _ = model
     connection = http.client.HTTPConnection("127.0.0.1", service, timeout=30)
@@ -130,13 +135,21 @@ def test_every_refusal_is_one_json_sentence_and_the_connection_stays_usable(mode
         ("POST", "/predict", _npy(_batch(2))[:-100], 400, r"^the body is not a whole \.npy array"),
         ("POST", "/predict", b"PK\x03\x04 not a zip", 400, r"^the body is not a whole \.npy array"),
         ("POST", "/predict", b"", 400, r"^the request body is empty"),
-        ("POST", "/nowhere", _npy(_batch(1)), 404, r"POST /classify"),
-        ("GET", "/nowhere", b"a body on a GET", 404, r"GET /health"),
+        ("POST", "/predict", _npy(_with_nan(_batch(2))), 400,
+         r"^input holds 1 non-finite value \(NaN or Inf\), for which the model gives no meaningful logits$"),
+        ("POST", "/nowhere", _npy(_batch(1)), 404, r"^no /nowhere: this service answers GET /health, POST /classify"),
+        ("GET", "/nowhere", b"a body on a GET", 404, r"^no /nowhere: .*POST /predict$"),
+        ("GET", "/predict", b"", 405, r"^/predict answers POST, not GET$"),
+        ("GET", "/classify?k=3", b"", 405, r"^/classify answers POST, not GET$"),
+        ("POST", "/health", b"{}", 405, r"^/health answers GET, not POST$"),
     ]
     for method, path, body, status, pattern in cases:
         answer, payload, response = _request(connection, method, path, body)
         assert (answer, response.getheader("Content-Type")) == (status, "application/json"), (path, payload)
         assert re.search(pattern, _error(payload)), (path, payload)
+        assert "check_finite" not in _error(payload)  # no Python remedy for an HTTP client
+        if status == 405:
+            assert response.getheader("Allow") == ("GET" if path == "/health" else "POST")
         assert not response.will_close and connection.sock is socket_in_use, f"{path}: the connection was closed"
     batch = _batch(3)
     status, payload, _ = _request(connection, "POST", "/predict", _npy(batch))

@@ -55,7 +55,7 @@ class EcaRuntime:
         workers: TensorRT execution contexts (at most one per optimization profile; default: all).
         max_batch: largest batch accepted (TensorRT: within the engine profile, which is the default;
             ONNX Runtime: unbounded by default).
-        check_finite: reject batches holding NaN or Inf.
+        check_finite: reject batches holding NaN or Inf (False lets them through to the model).
         allow_engine_host_code: load version-compatible engines that embed their plugin (trusted plans only).
         tensorrt_module: ``auto`` (from the plan's tag: TensorRT-RTX plans run on ``tensorrt_rtx``), ``tensorrt``
             or ``tensorrt_rtx``.

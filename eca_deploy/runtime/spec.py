@@ -89,8 +89,10 @@ class InputSpec:
         if check_finite:
             bad = int((~batch.isfinite()).sum()) if torch_input else int(count_non_finite(batch))
             if bad:
-                raise EcaDeployError(f"input holds {bad} non-finite value{'s' if bad != 1 else ''} (NaN or Inf); "
-                                     f"pass check_finite=False to skip this check")
+                # The sentence reaches HTTP and Triton clients too: no Python remedy in it (EcaRuntime documents
+                # check_finite=False for callers that want NaN through).
+                raise EcaDeployError(f"input holds {bad} non-finite value{'s' if bad != 1 else ''} (NaN or Inf), "
+                                     "for which the model gives no meaningful logits")
         return batch if torch_input else np.ascontiguousarray(batch)
 
 
