@@ -21,7 +21,8 @@ import onnx
 import pytest
 import torch
 from ecanets import CecaModule
-from plugin_build import PLUGIN_LIBRARY, SDK_VERSIONS, plugin_build
+from plugin_build import PLUGIN_LIBRARY, plugin_build
+from tensorrt_headers import CI_VERSIONS
 from torch import nn
 
 from eca_deploy.errors import EcaDeployError, PluginNotUsedError
@@ -56,7 +57,7 @@ WORKSPACE = re.compile(r"getWorkspaceSize: (\d+) bytes for input 'x' max \[(.*?)
 @pytest.fixture(scope="module")
 def library() -> Path:
     """libeca_plugin.so built against JetPack 6's TensorRT 10.3 headers."""
-    return plugin_build(SDK_VERSIONS[0]) / PLUGIN_LIBRARY
+    return plugin_build(CI_VERSIONS[0]) / PLUGIN_LIBRARY
 
 
 def expected_workspace(n: int, c: int) -> int:
@@ -106,7 +107,7 @@ def load_in_fresh_process(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("version", SDK_VERSIONS)
+@pytest.mark.parametrize("version", CI_VERSIONS)
 def test_rtx_loads_the_library_and_lists_its_v3_creator(version):
     run = load_in_fresh_process(plugin_build(version) / PLUGIN_LIBRARY)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -2,7 +2,7 @@
 
 The build tests configure and compile the plugin with CMake against TensorRT's headers alone (no GPU and no
 TensorRT library needed), for one CUDA architecture and with warnings as errors, against the TensorRT 10.3 and
-11.1 headers beside the checkout (tests/plugin_build.py), then inspect the library with ecaPluginInfo.
+11.1 headers ($ECA_TENSORRT_SDK or ../shared/sdk, tests/tensorrt_headers.py), then inspect the library with ecaPluginInfo.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 import torch
-from plugin_build import SDK_VERSIONS, run_checked
+from plugin_build import run_checked
 from plugin_build import plugin_build as build_plugin
+from tensorrt_headers import CI_VERSIONS
 from torch import nn
 
 from eca_deploy.models import EcaLayer
@@ -145,9 +146,9 @@ def test_pattern_ignores_an_eca_like_block_whose_conv_has_a_bias(pattern):
 
 # --- Plugin build ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=SDK_VERSIONS)
+@pytest.fixture(scope="module", params=CI_VERSIONS)
 def plugin_build(request) -> Path:
-    """plugins/eca built with -Werror against each TensorRT header set of ../shared/sdk."""
+    """plugins/eca built with -Werror against the headers of each TensorRT version CI builds for."""
     return build_plugin(request.param)
 
 
@@ -213,3 +214,24 @@ def test_plugin_rejects_invalid_fields_with_a_logged_error(plugin_build, fields,
     assert status == 1 and not info["created"]
     (message,) = info["log"]
     assert message["severity"] == "ERROR" and complaint in message["message"], message
+
+
+def test_one_variable_points_every_plugin_test_at_its_headers(monkeypatch, tmp_path):
+    """$ECA_TENSORRT_SDK takes a folder of tensorrt-<version>/include sets or one include/ folder (an installation's,
+    or the NVIDIA/TensorRT repository's at a tag); both header spellings of the version are read."""
+    import tensorrt_headers
+
+    sets = tensorrt_headers.header_sets()
+    if set(tensorrt_headers.CI_VERSIONS) - set(sets):
+        pytest.skip(f"the TensorRT {', '.join(tensorrt_headers.CI_VERSIONS)} headers are not all here")
+    try:
+        for version in tensorrt_headers.CI_VERSIONS:
+            monkeypatch.setenv(tensorrt_headers.SDK_ENV, str(sets[version]))
+            tensorrt_headers.header_sets.cache_clear()
+            assert tensorrt_headers.header_sets() == {version: sets[version]}
+        monkeypatch.setenv(tensorrt_headers.SDK_ENV, str(tmp_path))
+        tensorrt_headers.header_sets.cache_clear()
+        with pytest.raises(pytest.fail.Exception, match=f"{tensorrt_headers.SDK_ENV}=.*neither a TensorRT include"):
+            tensorrt_headers.header_sets()
+    finally:
+        tensorrt_headers.header_sets.cache_clear()
