@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,14 @@ DEFAULT_TOLERANCES = {
     # 10 % (README, BENCHMARKS.md). Trained weights quantize better; tighten with --atol/--rtol.
     "int8": Tolerance(atol=0.05, rtol=0.3, min_cosine=0.95, min_top1_agreement=0.4),
 }
+
+
+def tolerance_for(precision: str, *, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+    """The default tolerance of ``precision`` with ``atol``/``rtol`` overridden where given (--atol/--rtol)."""
+    overrides = {key: value for key, value in (("atol", atol), ("rtol", rtol)) if value is not None}
+    if any(value < 0 for value in overrides.values()):
+        raise EcaDeployError(f"tolerances cannot be negative, got {overrides}")
+    return replace(DEFAULT_TOLERANCES[precision], **overrides)
 
 
 @dataclass(frozen=True)

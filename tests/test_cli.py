@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -192,6 +193,35 @@ def test_expect_mismatch_and_ctrl_c_leave_no_folder(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(eca_deploy.export, "export_onnx", interrupted)
     assert main(["export", *QUICK_EXPORT, "-o", str(out)]) == 130
     assert "interrupted" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_a_failed_check_is_exit_1_with_the_files_kept(tmp_path, mobilenet_onnx, monkeypatch, capsys):
+    """README's exit code 1: export's parity check (here made to fail with a zero tolerance) and fuse's
+    verification (here given a fusion that computes the gate with negated taps) keep their files."""
+    out = tmp_path / "export"
+    result = run_cli("eca-export", *QUICK_EXPORT, "--atol", "0", "--rtol", "0", "-o", out)
+    assert_refused(result, r"parity failed for eca_resnet18.onnx, eca_resnet18.eca.onnx; see .*report.json", code=1)
+    assert tree(out) == {"eca_resnet18.onnx", "eca_resnet18.eca.onnx", "eca_resnet18.report.json"}
+    report = json.loads((out / "eca_resnet18.report.json").read_text())
+    assert [parity["passed"] for parity in report["parity"]] == [False, False]
+    assert report["parity"][0]["tolerance"]["atol"] == report["parity"][0]["tolerance"]["rtol"] == 0
+
+    import onnx_graphsurgeon as gs
+
+    from eca_deploy.passes import eca_fusion
+
+    make_node = eca_fusion.make_eca_node
+
+    def negated_taps(name, x, weight, y, pad_mode):
+        return make_node(name, x, gs.Constant(f"{weight.name}_negated", -np.asarray(weight.values)), y, pad_mode)
+
+    monkeypatch.setattr(eca_fusion, "make_eca_node", negated_taps)
+    fused = tmp_path / "fuse" / "m.eca.onnx"
+    assert fuse_main([str(mobilenet_onnx), "-o", str(fused), "-q"]) == 1
+    error = capsys.readouterr().err
+    assert re.search(r"m.eca.onnx differs from mnv2.onnx on output .* the files are kept for inspection", error)
+    assert tree(fused.parent) == {"m.eca.onnx", "m.eca.fusion.json"}
+    assert "differs from" in json.loads((fused.parent / "m.eca.fusion.json").read_text())["verification_failed"]
 
 
 def test_torchscript_source_names_the_exporter_it_uses(tmp_path):

@@ -54,6 +54,14 @@ def add_strict_images_arg(group: argparse._ArgumentGroup, folder_option: str) ->
                             "(default: skip it, count it and name it in the report and on the terminal)")
 
 
+def add_tolerance_args(group: argparse._ArgumentGroup) -> None:
+    """``--atol``/``--rtol``: the parity criterion max|a - ref| <= atol + rtol x max|ref|, per precision by default."""
+    group.add_argument("--atol", type=float, metavar="A",
+                       help="absolute tolerance of the parity check (default: the precision's, README \"Validate\")")
+    group.add_argument("--rtol", type=float, metavar="R",
+                       help="relative tolerance, times max|reference logit| (default: the precision's)")
+
+
 def add_output_args(parser: argparse.ArgumentParser, default_dir: str = "exported") -> None:
     """Where results go and how chatty the command is."""
     group = parser.add_argument_group("output")

@@ -21,7 +21,7 @@ from pathlib import Path
 from eca_deploy import __version__
 from eca_deploy._io import check_output_dir, staged_outputs
 from eca_deploy.cli.args import (add_engine_profile_args, add_model_args, add_output_args, add_strict_images_arg,
-                                 opset, positive_int)
+                                 add_tolerance_args, opset, positive_int)
 from eca_deploy.errors import EcaDeployError, ParityError
 from eca_deploy.options import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS
 from eca_deploy.progress import Progress
@@ -64,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "DeepStream and C++ on TensorRT 10.3-10.6 (JetPack 6), which would otherwise inline it")
     parity = parser.add_argument_group("parity")
     parity.add_argument("--seed", type=int, default=0, help="seed of the random parity inputs (default: 0)")
+    add_tolerance_args(parity)
     engine = parser.add_argument_group("engine")
     engine.add_argument("--engine", action="store_true",
                         help="also build a TensorRT engine from the fused model (needs TensorRT)")
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from eca_deploy.checkpoints import load_model
     from eca_deploy.export import check_export_options, effective_exporter, export_onnx
     from eca_deploy.onnx_files import save_checked
-    from eca_deploy.parity import check_onnx_files_parity
+    from eca_deploy.parity import check_onnx_files_parity, tolerance_for
     from eca_deploy.passes import fuse_eca
     from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
     from eca_deploy.quantize import CalibrationImages, quantize_int8, random_calibration
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     steps = 4 - args.no_fuse + args.int8 + args.engine + bool(args.triton_repo)
     progress = Progress(total_steps=steps, quiet=args.quiet)
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    tolerance = tolerance_for(precision, atol=args.atol, rtol=args.rtol)
     stem = args.name or output_stem(args.source)
     tag = stem if precision == "fp32" else f"{stem}.{precision}"
     input_shape = (3, args.input_size, args.input_size)
@@ -181,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
 
         with progress.step("Checking parity on ONNX Runtime CPU"):
             parities = check_onnx_files_parity(loaded.module, onnx_files, precision=precision,
-                                               input_shape=input_shape, seed=args.seed, inputs=parity_inputs)
+                                               input_shape=input_shape, seed=args.seed, inputs=parity_inputs,
+                                               tolerance=tolerance)
         for parity in parities:
             progress.info(f"  {parity.summary()}")
         report["parity"] = [parity.to_dict() for parity in parities]

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from eca_deploy._io import check_output_file, staged_outputs, write_text_atomic
-from eca_deploy.errors import EcaDeployError
+from eca_deploy.errors import EcaDeployError, ParityError
 from eca_deploy.progress import Progress
 
 FP32_ATOL = 1e-5
@@ -83,19 +83,28 @@ def run(args: argparse.Namespace) -> int:
             save_checked(without_fallback_function(fused), plugin_only_path(staged), args.external_data)
             result["plugin_only"] = plugin_only_path(output).name
             written.append(plugin_only_path(output))
+        failure = None
         if not args.no_verify and report.num_fused:
-            with progress.step("Checking the fused model against the original on ONNX Runtime CPU"):
-                atol = FP16_ATOL if onnx_precision(model) == "fp16" else FP32_ATOL
-                equivalence = check_onnx_equivalence(args.model, staged, atol=atol)
-            result["max_abs_difference"] = equivalence.max_abs_difference
-            result["verified_batches"] = list(equivalence.batches)
-            batches = " and ".join(map(str, equivalence.batches))
-            progress.info(f"  same outputs at batch {batches} (max abs difference {equivalence.max_abs_difference:.2g})")
-            for size, reason in equivalence.skipped.items():
-                progress.info(f"  not checked at batch {size}: the original model itself fails there ({reason})")
+            try:
+                with progress.step("Checking the fused model against the original on ONNX Runtime CPU"):
+                    atol = FP16_ATOL if onnx_precision(model) == "fp16" else FP32_ATOL
+                    equivalence = check_onnx_equivalence(args.model, staged, atol=atol)
+            except ParityError as error:  # exit 1, the files kept for inspection (README)
+                failure = error
+                result["verification_failed"] = str(error)
+            else:
+                result["max_abs_difference"] = equivalence.max_abs_difference
+                result["verified_batches"] = list(equivalence.batches)
+                batches = " and ".join(map(str, equivalence.batches))
+                progress.info(f"  same outputs at batch {batches} (max abs difference "
+                              f"{equivalence.max_abs_difference:.2g})")
+                for size, reason in equivalence.skipped.items():
+                    progress.info(f"  not checked at batch {size}: the original model itself fails there ({reason})")
         if together:  # the report lands with the models, all or nothing
             (staging / report_path.name).write_text(json.dumps(result, indent=2) + "\n")
     if not together:
         write_text_atomic(report_path, json.dumps(result, indent=2) + "\n")
     print(f"Wrote {', '.join(map(str, written))} and {report_path}")
+    if failure is not None:
+        raise ParityError(f"{failure}; the files are kept for inspection")
     return 0

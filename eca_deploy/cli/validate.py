@@ -23,9 +23,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
-
-from eca_deploy.cli.args import add_harness_args, add_model_args, positive_int
+from eca_deploy.cli.args import add_harness_args, add_model_args, add_tolerance_args, positive_int
 from eca_deploy.errors import EcaDeployError, ParityError
 
 
@@ -41,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="judge every backend by this precision's tolerance (default: each backend's own: PyTorch "
                             "dtype, ONNX weight types, for engines the .fp16. tag eca-export/eca-deploy build put "
                             "in file names)")
-    group.add_argument("--atol", type=float, help="absolute tolerance for every backend (default: per precision)")
-    group.add_argument("--rtol", type=float,
-                       help="relative tolerance, times max|reference logit| (default: per precision)")
+    add_tolerance_args(group)
     group.add_argument("--no-localize", action="store_true", help="skip the first-diverging-layer search on failure")
     group.add_argument("--reference", choices=("torch-cpu", "torch-cuda"), default="torch-cpu",
                        help="where the PyTorch FP32 reference runs (default: torch-cpu; torch-cuda, with TF32 off, "
@@ -55,13 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from eca_deploy.harness.accuracy import validate
     from eca_deploy.harness.backends import available_backends, create_backend
     from eca_deploy.harness.data import RandomInputs
-    from eca_deploy.parity import DEFAULT_TOLERANCES
+    from eca_deploy.parity import DEFAULT_TOLERANCES, tolerance_for
 
     unavailable = available_backends()[args.reference]
     if unavailable is not None:
         raise EcaDeployError(f"--reference {args.reference} cannot run here: {unavailable}")
-    overrides = {key: value for key, value in (("atol", args.atol), ("rtol", args.rtol)) if value is not None}
-    tolerances = {precision: replace(DEFAULT_TOLERANCES[args.precision or precision], **overrides)
+    tolerances = {precision: tolerance_for(args.precision or precision, atol=args.atol, rtol=args.rtol)
                   for precision in DEFAULT_TOLERANCES}
     with _harness.start(args, include_torch_cpu=False, batch_size=args.batch_size) as session:
         inputs = session.images or RandomInputs(session.input_shape, batch_size=args.batch_size,
