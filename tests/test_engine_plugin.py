@@ -10,6 +10,7 @@ getOutputDataTypes, configurePlugin, getWorkspaceSize, clone and getFieldsToSeri
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from cli_checks import assert_refused, run_cli, tree
 from ecanets import CecaModule
 from plugin_build import PLUGIN_LIBRARY, plugin_build
 from tensorrt_headers import CI_VERSIONS
@@ -34,6 +36,7 @@ from eca_deploy.passes.fused_node import (
     count_fused_nodes,
     eca_node_attributes,
     is_fused_eca_node,
+    without_plugin_lookup,
 )
 from eca_deploy.tensorrt import plugin_library
 from eca_deploy.tensorrt.backend import load_backend
@@ -207,6 +210,46 @@ def test_engines_hold_the_layers_their_plan_promises(tmp_path, zoo_models, libra
     plugged = build_engine(fused, tmp_path / "plugin.engine", batch=PROFILE, plugin_library=library, cache_dir=None)
     with pytest.raises(PluginNotUsedError, match="no plugin was requested .* has 17 plugin layers"):
         check_plugin_layers(PluginPlan("fallback-function"), plugged.num_fused_nodes, plugged.layers)
+
+
+def _parses_to_native_layers(fused: Path, destination: Path) -> Path:
+    """``fused`` as a tool that renames domains and drops unknown attributes might leave it: its EcaAttention nodes
+    without plugin_namespace/plugin_version, their function copied into another domain. TensorRT's parser keys
+    functions by name only and, without plugin_namespace, prefers the function to the registered plugin: with
+    the plugin loaded and our function removed, the nodes still parse to native layers."""
+    model = without_plugin_lookup(onnx.load(str(fused)))
+    renamed = onnx.FunctionProto()
+    renamed.CopyFrom(model.functions[0])
+    renamed.domain = "renamed"
+    model.functions.append(renamed)
+    model.opset_import.append(onnx.helper.make_opsetid("renamed", 1))
+    onnx.save(model, str(destination))
+    return destination
+
+
+def test_build_and_export_exit_1_without_an_engine_when_the_plugin_layers_are_missing(tmp_path, zoo_models,
+                                                                                      library):
+    """The plugin-layer check as users meet it: eca-deploy build on a model whose nodes parse to native layers,
+    eca-export --engine with a library that registers no creator: exit 1, one sentence, no engine; export keeps
+    its ONNX files and report."""
+    fused, _ = zoo_models["eca_mobilenet_v2", "fp32"]
+    odd = _parses_to_native_layers(fused, tmp_path / "odd.onnx")
+    engine = tmp_path / "odd.engine"
+    result = run_cli("eca-deploy", "build", odd, "--plugin", library, "--max-batch", "2", "--opt-batch", "1",
+                     "--no-cache", "-q", "-o", engine)
+    assert_refused(result, r"the plugin was requested \(library\) but the parsed network has 0 plugin layers for "
+                           r"17 EcaAttention nodes; no engine was written", code=1)
+    assert tree(tmp_path) == {"odd.onnx"}
+
+    silent = _library_from_c(tmp_path, "silent", "__attribute__((constructor)) static void registration(void) {}\n")
+    out = tmp_path / "out"
+    result = run_cli("eca-export", "eca_resnet18", "--input-size", "64", "--exporter", "legacy", "--engine",
+                     "--plugin", silent, "--max-batch", "2", "--opt-batch", "1", "-q", "-o", out)
+    assert_refused(result, r"libsilent.so loaded but registered no EcaAttention version 1 creator .*; the ONNX files "
+                           r"and eca_resnet18.report.json are kept", code=1)
+    assert tree(out) == {"eca_resnet18.onnx", "eca_resnet18.eca.onnx", "eca_resnet18.report.json"}
+    report = json.loads((out / "eca_resnet18.report.json").read_text())
+    assert "registered no EcaAttention" in report["engine"]["failed"]
 
 
 def _library_from_c(tmp_path: Path, name: str, source: str, *flags: str) -> Path:

@@ -22,7 +22,7 @@ from eca_deploy import __version__
 from eca_deploy._io import check_output_dir, staged_outputs
 from eca_deploy.cli.args import (add_engine_profile_args, add_model_args, add_output_args, add_strict_images_arg,
                                  add_tolerance_args, opset, positive_int)
-from eca_deploy.errors import EcaDeployError, ParityError
+from eca_deploy.errors import EcaDeployError, ParityError, PluginNotUsedError
 from eca_deploy.options import CALIBRATION_METHODS, DEFAULT_OPSET, EXPORTERS
 from eca_deploy.progress import Progress
 
@@ -189,22 +189,28 @@ def run(args: argparse.Namespace) -> int:
             progress.info(f"  {parity.summary()}")
         report["parity"] = [parity.to_dict() for parity in parities]
 
+        engine_failure = None
         if args.engine:
             from eca_deploy.tensorrt.engine import build_engine  # TensorRT is optional: import only when asked
 
-            with progress.step("Building TensorRT engine"):
-                engine = build_engine(onnx_files[-1], staging / f"{tag}.engine", precision=precision,
-                                      batch=(args.min_batch, args.opt_batch, args.max_batch),
-                                      plugin_library=args.plugin, progress=progress)
-            report["engine"] = engine.to_dict()
+            try:
+                with progress.step("Building TensorRT engine"):
+                    engine = build_engine(onnx_files[-1], staging / f"{tag}.engine", precision=precision,
+                                          batch=(args.min_batch, args.opt_batch, args.max_batch),
+                                          plugin_library=args.plugin, progress=progress)
+                report["engine"] = engine.to_dict()
+            except PluginNotUsedError as error:  # exit 1: no engine, the ONNX files and the report kept
+                engine_failure = error
+                report["engine"] = {"failed": str(error)}
+        engine_built = args.engine and engine_failure is None
 
         if args.triton_repo:
             from eca_deploy.triton_repo import write_triton_repository
 
             with progress.step(f"Writing Triton model repository {args.triton_repo}"):
                 triton = write_triton_repository(
-                    args.triton_repo, onnx_files[-1], engine_path=staging / f"{tag}.engine" if args.engine else None,
-                    plugin_library=args.plugin if args.engine else None, model_name=tag,
+                    args.triton_repo, onnx_files[-1], engine_path=staging / f"{tag}.engine" if engine_built else None,
+                    plugin_library=args.plugin if engine_built else None, model_name=tag,
                     max_batch_size=args.max_batch, opt_batch=args.opt_batch, preferred_batch_sizes=(args.opt_batch,))
             report["triton"] = triton.to_dict()
             for variant, reason in triton.skipped.items():
@@ -221,5 +227,7 @@ def run(args: argparse.Namespace) -> int:
     failed = [Path(p.model).name for p in parities if not p.passed]
     if failed:
         raise ParityError(f"parity failed for {', '.join(failed)}; see {args.output_dir / report_path.name}")
+    if engine_failure is not None:
+        raise PluginNotUsedError(f"{engine_failure}; the ONNX files and {report_path.name} are kept")
     return 0
 

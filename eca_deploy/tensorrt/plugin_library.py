@@ -22,7 +22,7 @@ import os
 import struct
 from pathlib import Path
 
-from eca_deploy.errors import EcaDeployError, first_line
+from eca_deploy.errors import EcaDeployError, PluginNotUsedError, first_line
 from eca_deploy.resources import cache_root
 from eca_deploy.schema import eca_schema
 
@@ -113,9 +113,9 @@ def load_plugin_library(module: object, registry: object, path: Path, reason: ob
         handle = registry.load_library(str(path))
         if handle is None:
             raise EcaDeployError(f"{module.__name__} could not load plugin library {path}{because()}")
-    if not _registered(registry):
-        raise EcaDeployError(f"{path} loaded but registered no {schema.name} version {schema.version} creator in "
-                             f"namespace {schema.namespace!r}{because()}; rebuild it from plugins/eca")
+    if not _registered(registry):  # the plugin layers asked for cannot be had: exit code 1, as a build without them
+        raise PluginNotUsedError(f"{path} loaded but registered no {schema.name} version {schema.version} creator in "
+                                 f"namespace {schema.namespace!r}{because()}; rebuild it from plugins/eca")
     _LOADED[key] = handle
     return handle
 
