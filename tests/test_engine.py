@@ -6,6 +6,7 @@ running them needs one (scripts/gpu_check.py and the harness do that on GPU mach
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -16,7 +17,7 @@ from eca_deploy.export import export_onnx
 from eca_deploy.models import create_demo_model, get_architecture
 from eca_deploy.passes import fuse_eca
 from eca_deploy.tensorrt.backend import load_backend
-from eca_deploy.tensorrt.engine import BatchProfile, build_engine, inspect_engine
+from eca_deploy.tensorrt.engine import BatchProfile, PluginPlan, build_engine, inspect_engine
 
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[test]')")
 PROFILE = BatchProfile(1, 2, 4)
@@ -77,6 +78,42 @@ def test_engine_cache_hits_and_invalidates(tmp_path, exported):
     assert len({first.cache["key"], other_profile.cache["key"], other_model.cache["key"]}) == 3
     # TensorRT keeps a timing cache beside the engines; TensorRT-RTX has none (its cache calls are no-ops).
     assert any(p.name.startswith("timing-") for p in cache.iterdir()) == load_backend().has_timing_cache
+
+
+def test_every_input_of_the_engine_cache_key_misses_on_its_own(tmp_path, exported, monkeypatch):
+    """A cached engine is reused only for the same model bytes, profile, TensorRT version, GPU, precision, route
+    and plugin: each of them changed alone is a miss (the plugin library's bytes: test_engine_plugin.py)."""
+    from eca_deploy.tensorrt import engine as engine_module
+
+    _, paths = exported
+    plain, _ = paths["fp32"]
+    cache = tmp_path / "cache"
+
+    def build(name: str):
+        return build_engine(plain, tmp_path / f"{name}.engine", batch=PROFILE, cache_dir=cache)
+
+    assert not build("first").cache["hit"] and build("again").cache["hit"]
+    with monkeypatch.context() as patch:  # the same machine with another GPU
+        patch.setattr(engine_module, "gpu_tag", lambda: "sm_87")
+        assert not build("other_gpu").cache["hit"]
+    with monkeypatch.context() as patch:  # an upgraded TensorRT
+        patch.setattr(trt, "__version__", f"{trt.__version__}.1")
+        assert not build("other_tensorrt").cache["hit"]
+    assert build("again_after").cache["hit"]
+
+    backend = load_backend()
+    key = functools.partial(engine_module.engine_cache_key, plain, backend)
+    library = tmp_path / "libeca_plugin.so"
+    library.write_bytes(b"stands for a plugin library: only its hash enters the key")
+    plans = [PluginPlan("none"), PluginPlan("fallback-function"), PluginPlan("library", library, "a" * 64),
+             PluginPlan("library", library, "b" * 64), PluginPlan("serialized-in-engine", library, "a" * 64),
+             PluginPlan("aot-ptx")]
+    keys = [key(precision, route, PROFILE, PluginPlan("none"))
+            for precision in ("fp32", "fp16", "int8") for route in ("strongly-typed", "builder-flag")]
+    keys += [key("fp32", "strongly-typed", profile, PluginPlan("none")) for profile in (BatchProfile(1, 2, 8),
+                                                                                       BatchProfile(2, 2, 4))]
+    keys += [key("fp32", "strongly-typed", PROFILE, plan) for plan in plans[1:]]
+    assert len(set(keys)) == len(keys)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

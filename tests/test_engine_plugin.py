@@ -252,6 +252,29 @@ def test_build_and_export_exit_1_without_an_engine_when_the_plugin_layers_are_mi
     assert "registered no EcaAttention" in report["engine"]["failed"]
 
 
+def test_a_rebuilt_plugin_library_never_reuses_a_cached_engine(tmp_path, zoo_models, library):
+    """The engine cache keys the library's bytes: the same library (even at another path) hits, a rebuilt one
+    (here the same library with bytes appended, which still loads) misses. Each build runs in its own process
+    (one EcaAttention library per process)."""
+    fused, _ = zoo_models["eca_mobilenet_v2", "fp32"]
+    cache, rebuilt = tmp_path / "cache", tmp_path / "rebuilt" / PLUGIN_LIBRARY
+    rebuilt.parent.mkdir()
+    rebuilt.write_bytes(library.read_bytes() + b"\0rebuilt")
+
+    def build(name: str, plugin: Path) -> dict:
+        engine = tmp_path / f"{name}.engine"
+        result = run_cli("eca-deploy", "build", fused, "--plugin", plugin, "--max-batch", "2", "--opt-batch", "1",
+                         "--cache-dir", cache, "-q", "-o", engine)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(engine.with_name(engine.name + ".json").read_text())
+
+    first, same = build("first", library), build("same", library)
+    assert not first["cache"]["hit"] and same["cache"]["hit"]
+    other = build("rebuilt", rebuilt)
+    assert not other["cache"]["hit"] and other["plugin"]["sha256"] != first["plugin"]["sha256"]
+    assert other["num_plugin_layers"] == 17
+
+
 def _library_from_c(tmp_path: Path, name: str, source: str, *flags: str) -> Path:
     """A shared library compiled from C ``source`` (stands for a broken or foreign plugin library)."""
     c_file, library = tmp_path / f"{name}.c", tmp_path / f"lib{name}.so"
