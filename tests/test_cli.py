@@ -224,6 +224,44 @@ def test_a_failed_check_is_exit_1_with_the_files_kept(tmp_path, mobilenet_onnx, 
     assert "differs from" in json.loads((fused.parent / "m.eca.fusion.json").read_text())["verification_failed"]
 
 
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command", ["export", "fuse", "build", "bench"])
+def test_ctrl_c_after_files_are_staged_leaves_nothing_behind(tmp_path, mobilenet_onnx, monkeypatch, capsys, command):
+    """Ctrl-C in the last step of each command, when its files are already staged: exit 130, the output folder as it
+    was before (an earlier file kept), no staging folder, no folder the command created."""
+    import eca_deploy.parity
+    import eca_deploy.tensorrt.engine
+    from eca_deploy.harness.backends import OnnxRuntimeBackend
+
+    earlier = tmp_path / "out"
+    earlier.mkdir()
+    (earlier / "earlier.txt").write_text("an earlier run's file")
+    created = tmp_path / "new" / "folder"
+    if command == "export":  # interrupted while checking parity: both ONNX files are staged
+        monkeypatch.setattr(eca_deploy.parity, "check_onnx_files_parity", _interrupt)
+        runs = [["export", *QUICK_EXPORT, "-o", str(folder)] for folder in (earlier, created)]
+    elif command == "fuse":  # interrupted while verifying: the fused model is staged
+        monkeypatch.setattr(eca_deploy.parity, "check_onnx_equivalence", _interrupt)
+        runs = [["fuse", str(mobilenet_onnx), "-o", str(folder / "m.eca.onnx"), "-q"] for folder in (earlier, created)]
+    elif command == "build":  # interrupted inside TensorRT's build
+        pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed")
+        monkeypatch.setattr(eca_deploy.tensorrt.engine, "_build", _interrupt)
+        runs = [["build", str(mobilenet_onnx), "--no-cache", "-q", "-o", str(folder / "m.engine")]
+                for folder in (earlier, created)]
+    else:  # interrupted while timing: the default backends' exports are staged
+        monkeypatch.setattr(OnnxRuntimeBackend, "run_timed", _interrupt)
+        runs = [["bench", "eca_resnet18", "--input-size", "32", "--iterations", "1", "--duration", "0", "-q",
+                 "-o", str(folder)] for folder in (earlier, created)]
+    for argv in runs:
+        assert main(argv) == 130
+        assert "interrupted" in capsys.readouterr().err
+    assert tree(tmp_path) == {"out", "out/earlier.txt"}
+    assert (earlier / "earlier.txt").read_text() == "an earlier run's file"
+
+
 def test_torchscript_source_names_the_exporter_it_uses(tmp_path):
     import torch
 
