@@ -10,6 +10,7 @@ else the immutable attribute; a 256 KiB tmpfs), or skip where the machine allows
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -40,6 +42,15 @@ def assert_refused(result: subprocess.CompletedProcess, pattern: str, code: int 
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{result.stderr[-3000:]}"
     assert re.search(pattern, lines[0]), lines[0]
     return lines[0]
+
+
+def required(module: str) -> ModuleType:
+    """``module``, which the README's test command installs: its absence fails the test (a skip would let CI pass
+    without the check). Skips are for what CI cannot have: a GPU, the full TensorRT."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        pytest.fail(f"{module} is not installed ({error}); run the README's test command, which installs it")
 
 
 def tree(path: Path) -> set[str]:

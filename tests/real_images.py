@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import required
 
 COLOR = ("astronaut", "cat", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry", "logo",
          "retina", "rocket")
@@ -18,7 +19,7 @@ GRAY = ("brick", "camera", "cell", "coins", "grass", "gravel", "moon", "page", "
 
 def photographs() -> dict[str, np.ndarray]:
     """name -> H x W x 3 uint8 image, for every shipped image that loads offline (at least 12, else skip)."""
-    data = pytest.importorskip("skimage.data", reason="scikit-image is not installed (pip install -e '.[test]')")
+    data = required("skimage.data")
     images = {}
     for name in (*COLOR, *GRAY):
         try:

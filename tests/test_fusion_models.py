@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from cli_checks import required
 from ecanets import BiasedEca, EcaStack, OtherTensorEca, ReluGateEca, SeBlock, WidthPoolEca, eca_block
 from onnxconverter_common import float16
 
@@ -178,7 +179,7 @@ def test_near_misses_are_reported_not_fused(name, exporter):
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 def test_simplified_and_fp16_converted_graphs(exporter):
     """onnxslim's simplification and onnxconverter-common's FP16 conversion keep the blocks fusable."""
-    onnxslim = pytest.importorskip("onnxslim")
+    onnxslim = required("onnxslim")
     torch.manual_seed(2)
     model = export(EcaStack("timm", kernels=(3, 5, 1)), exporter, 19)
     fp16 = float16.convert_float_to_float16(model, keep_io_types=True)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from cli_checks import required
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.export import export_onnx
@@ -407,7 +408,7 @@ def test_classify_and_topk(runtime, tmp_path):
 
 
 def test_preprocessing_follows_the_authors_transforms():
-    pytest.importorskip("PIL", reason="Pillow is not installed")
+    required("PIL")
     from PIL import Image
 
     zoo = Preprocessing.from_zoo()
@@ -437,7 +438,7 @@ def test_preprocessing_follows_the_authors_transforms():
 
 
 def test_runtime_preprocess_fits_the_model(runtime, tmp_path):
-    pytest.importorskip("PIL", reason="Pillow is not installed")
+    required("PIL")
     from PIL import Image
 
     path = tmp_path / "image.png"

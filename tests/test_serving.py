@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from cli_checks import assert_refused
+from cli_checks import assert_refused, required
 from test_runtime import INPUT_SHAPE, NUM_CLASSES, export_demo_64
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "serve_runtime.py"
@@ -114,7 +114,7 @@ def test_example_service_serves_the_runtime(model, service):
     with torch.no_grad():
         expected = module(torch.from_numpy(batch)).numpy()
     np.testing.assert_allclose(np.load(io.BytesIO(payload)), expected, atol=1e-4, rtol=1e-4)
-    pytest.importorskip("PIL", reason="Pillow is not installed")
+    required("PIL")
     status, payload, _ = _request(connection, "POST", "/classify?k=3", _png())
     top = json.loads(payload)["top"]
     assert status == 200 and len(top) == 3 and top[0]["score"] >= top[1]["score"] >= top[2]["score"]

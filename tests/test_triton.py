@@ -34,7 +34,7 @@ import onnx
 import pytest
 import torch
 
-from cli_checks import read_only_dir, tree
+from cli_checks import read_only_dir, required, tree
 from plugin_build import PLUGIN_LIBRARY, plugin_build
 from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo_64
 
@@ -57,7 +57,7 @@ def exported(tmp_path_factory):
 def _config(path: Path):
     config = validate_model_config(path.read_text(), expected_name=path.parent.name)
     if config is None:
-        pytest.skip("tritonclient (Triton's model_config schema) is not installed")
+        required("tritonclient")
     return config
 
 
@@ -289,7 +289,7 @@ def test_model_without_dynamic_batch_is_refused(tmp_path):
 
 
 def test_schema_rejects_what_triton_rejects():
-    pytest.importorskip("tritonclient.grpc", reason="tritonclient (Triton's model_config schema) is not installed")
+    required("tritonclient.grpc")
     good = ('name: "m"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
             'input { name: "input" data_type: TYPE_FP32 dims: [ 3 ] }\n'
             'output { name: "logits" data_type: TYPE_FP32 dims: [ 2 ] }\n')
@@ -319,7 +319,7 @@ def _bundled_tritonserver(workdir: Path) -> tuple[Path, Path, dict]:
     """nvidia-pytriton's tritonserver laid out as pytriton does it: binary, backends, this Python's stub."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("nvidia-pytriton (which bundles tritonserver) is not installed")
+        required("pytriton")
     package = Path(next(iter(spec.submodule_search_locations)))
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = package / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -373,7 +373,7 @@ class TritonProcess:
 def triton(exported, tmp_path_factory):
     """Triton serving the generated repository (all variants but the plan) on loopback, started with the
     README's command line."""
-    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    httpclient = required("tritonclient.http")
     _, fused_path = exported
     workdir = tmp_path_factory.mktemp("triton_server")
     binary, backends, env = _bundled_tritonserver(workdir)
