@@ -29,7 +29,7 @@ from eca_deploy.harness.data import ImageFolderInputs, RandomInputs, load_class_
 from eca_deploy.harness.latency import LatencySettings, latency_statistics, measure_latency, scenario_summary
 from eca_deploy.onnx_files import save_onnx
 from eca_deploy.parity import DEFAULT_TOLERANCES, Tolerance
-from eca_deploy.passes import fuse_eca
+from eca_deploy.passes import count_fused_nodes, fuse_eca
 from eca_deploy.preprocess import Preprocessing
 
 MODELS = {"mnv2": "eca_mobilenet_v2", "resnet18": "eca_resnet18"}
@@ -399,20 +399,23 @@ def test_torch_cuda_is_an_fp32_reference_with_tf32_off(model):
 @pytest.mark.gpu
 @needs_gpu
 def test_tensorrt_engines_native_and_fused_validate_and_time_their_stages(model, tmp_path):
-    """Real TensorRT: a native engine (plain ONNX) and a fused one ($ECA_PLUGIN_LIBRARY: plugin layers,
-    else the node's function inlined), each validated and timed with and without CUDA graphs."""
-    import os
-
+    """Real TensorRT: a native engine (plain ONNX) and a fused one on our plugin (built here from plugins/eca: one
+    plugin layer per fused node), each validated and timed with and without CUDA graphs."""
     pytest.importorskip("tensorrt", reason="tensorrt is not installed")
     pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
+    from plugin_build import PLUGIN_LIBRARY, plugin_build
+
     from eca_deploy.tensorrt.engine import build_engine
 
     module, plain, fused = model
-    plugin = Path(os.environ["ECA_PLUGIN_LIBRARY"]) if os.environ.get("ECA_PLUGIN_LIBRARY") else None
+    plugin = plugin_build() / PLUGIN_LIBRARY
     inputs = _random(batch_size=4, num_batches=1)
     for onnx_path in (plain, fused):
         engine = tmp_path / f"{onnx_path.stem}.engine"
-        build_engine(onnx_path, engine, batch=(1, 4, 8), plugin_library=plugin, backend="tensorrt", cache_dir=None)
+        built = build_engine(onnx_path, engine, batch=(1, 4, 8), plugin_library=plugin if onnx_path == fused else None,
+                             backend="tensorrt", cache_dir=None)
+        assert built.num_plugin_layers == built.num_fused_nodes == (
+            count_fused_nodes(onnx.load(str(onnx_path))))  # 0 for the plain model, every block for the fused one
         for graphs in (False, True):
             backend = create_backend("trt", model_path=engine, plugin_library=plugin, cuda_graphs=graphs)
             assert validate(TorchBackend(module), [backend], _random()).passed

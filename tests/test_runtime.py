@@ -24,6 +24,7 @@ from eca_deploy.onnx_files import save_onnx
 from eca_deploy.passes import count_fused_nodes, fuse_eca
 from eca_deploy.preprocess import Preprocessing, center_crop, normalize, resized_size
 from eca_deploy.runtime import EcaRuntime, decode_topk, load_class_names, softmax
+from eca_deploy.passes.fused_node import without_fallback_function
 from eca_deploy.runtime.trt import engine_flavour
 
 INPUT_SHAPE = (3, 64, 64)
@@ -271,22 +272,25 @@ def test_tensorrt_refuses_a_library_that_is_not_a_plugin(rtx_engine):
 def test_tensorrt_engine_on_a_gpu(mnv2, tmp_path):
     """On a GPU with TensorRT and cuda-python: PyTorch's logits, two contexts in parallel, torch CUDA in place.
 
-    Builds the fused model with two identical profiles (one per concurrent context); with
-    $ECA_PLUGIN_LIBRARY set, EcaAttention runs as our plugin, otherwise TensorRT inlines its function.
+    Builds the fused model with two identical profiles (one per concurrent context), its EcaAttention nodes on our
+    plugin (built here from plugins/eca; the model without its fallback function, so every TensorRT version uses
+    the plugin): the network must hold one plugin layer per fused node.
     """
-    import os
-
     trt = pytest.importorskip("tensorrt", reason="tensorrt is not installed")
     pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
+    from plugin_build import PLUGIN_LIBRARY, plugin_build
+
     module, _, fused = mnv2
-    plugin = os.environ.get("ECA_PLUGIN_LIBRARY") or None
+    plugin = plugin_build() / PLUGIN_LIBRARY
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    if plugin:
-        assert builder.get_plugin_registry().load_library(plugin) is not None
+    assert builder.get_plugin_registry().load_library(str(plugin)) is not None
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    assert parser.parse_from_file(str(fused)), parser.get_error(0).desc()
+    model = without_fallback_function(onnx.load(str(fused)))
+    assert parser.parse(model.SerializeToString()), parser.get_error(0).desc()
+    plugin_layers = sum(network.get_layer(i).type.name.startswith("PLUGIN") for i in range(network.num_layers))
+    assert plugin_layers == count_fused_nodes(model) == get_architecture("eca_mobilenet_v2").num_eca_layers
     config = builder.create_builder_config()
     for _ in range(2):
         profile = builder.create_optimization_profile()
