@@ -77,6 +77,8 @@ def test_zoo_lists_architectures_and_released_checkpoints(capsys):
     listing = json.loads(capsys.readouterr().out)
     assert {a["name"] for a in listing["architectures"]} >= {"eca_resnet50", "eca_mobilenet_v2"}
     assert any(c["kernels"] == "k3557" for c in listing["checkpoints"])
+    assert listing["download"] == "https://github.com/BangguWu/ECANet"  # where the files are (not redistributed)
+    assert main(["zoo"]) == 0 and "https://github.com/BangguWu/ECANet" in capsys.readouterr().out
 
 
 def test_export_writes_a_triton_repository(tmp_path):

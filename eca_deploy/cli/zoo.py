@@ -16,9 +16,9 @@ from eca_deploy.models.registry import ARCHITECTURES
 from eca_deploy.resources import resource_path
 
 
-def released_checkpoints() -> list[dict]:
-    """Entries of ``models/zoo.yaml``: the released ECA-Net checkpoints and their published accuracy."""
-    return yaml.safe_load(resource_path("models/zoo.yaml").read_text())["checkpoints"]
+def _zoo() -> dict:
+    """``models/zoo.yaml``: the released ECA-Net checkpoints, their published accuracy and where to get them."""
+    return yaml.safe_load(resource_path("models/zoo.yaml").read_text())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +31,11 @@ def run(args: argparse.Namespace) -> int:
          "eca_layers": a.num_eca_layers}
         for a in ARCHITECTURES.values()
     ]
-    checkpoints = released_checkpoints()
+    zoo = _zoo()
+    checkpoints, download = zoo["checkpoints"], zoo["download"]
     if args.json:
-        print(json.dumps({"architectures": architectures, "checkpoints": checkpoints}, indent=2))
+        print(json.dumps({"architectures": architectures, "checkpoints": checkpoints, "download": download},
+                         indent=2))
         return 0
     print("Architectures (random weights by name, or load a checkpoint of that shape):")
     for a in architectures:
@@ -42,4 +44,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'file':<30} {'arch':<18} {'kernels':<8} {'top-1':>6} {'top-5':>6}")
     for c in checkpoints:
         print(f"  {c['file']:<30} {c['arch']:<18} {c['kernels']:<8} {c['top1']:>6.2f} {c['top5']:>6.2f}")
+    print(f"\nDownload them from the authors' repository, whose README links each file: {download}")
     return 0
