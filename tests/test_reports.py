@@ -194,6 +194,20 @@ def test_a_busy_machine_is_warned_about_in_the_json_the_markdown_and_every_plot(
     assert report_warnings(accuracy) == []  # agreement does not depend on the load
 
 
+def test_compare_reads_a_version_1_accuracy_report(reports, tmp_path):
+    """Version 2 renamed the metrics' max_rel_error; a report written before still compares."""
+    old = json.loads((reports / "accuracy/accuracy.json").read_text())
+    old["schema_version"] = 1
+    for candidate in old["accuracy"]["candidates"]:
+        metrics = candidate["metrics"]
+        metrics["max_rel_error"] = metrics.pop("max_elementwise_rel_error")
+        del metrics["max_rel_error_vs_ref_max"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old/accuracy.json").write_text(json.dumps(old))
+    rows = compare_reports(load_report(tmp_path / "old"), load_report(reports / "accuracy"))
+    assert rows and all(row["max_abs_error"][0] == row["max_abs_error"][1] for row in rows)  # same run, both ends
+
+
 def test_compare_prints_ratios_side_by_side(reports, tmp_path, capsys):
     faster = json.loads((reports / "latency/latency.json").read_text())
     for point in faster["latency"]["results"]:

@@ -100,9 +100,11 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"backend": candidate["backend"]["name"], "precision": candidate["precision"],
                          "passed": candidate["passed"], "samples": metrics["batch_size"],
                          "max_abs_error": metrics["max_abs_error"], "reference_max_abs": reference_max,
-                         "max_rel_error_vs_ref_max": metrics["max_rel_error_vs_ref_max"],
+                         "max_rel_error_vs_ref_max": candidate["smallest_passing_tolerance"]["rtol"],
                          "allowed_abs_error": tolerance["atol"] + tolerance["rtol"] * reference_max,
-                         "max_elementwise_rel_error": metrics["max_elementwise_rel_error"],
+                         # schema version 1 named the elementwise measure max_rel_error
+                         "max_elementwise_rel_error": metrics.get("max_elementwise_rel_error",
+                                                                  metrics.get("max_rel_error")),
                          **{key: metrics[key] for key in ("cosine_similarity", "top1_agreement", "top5_agreement")},
                          "top1_accuracy": labels.get("top1"), "top5_accuracy": labels.get("top5"),
                          "first_diverging_layer": localization.get("diverging_module")})
