@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DEFAULT_SOURCE = "eca_mobilenet_v2"  # what eca-export, validate and bench load without SOURCE
 
-# Export (eca_deploy.export): names of the exported model's input, output and batch dimension, and options
+# Export (eca_deploy.onnx_export): names of the exported model's input, output and batch dimension, and options
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"

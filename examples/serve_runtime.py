@@ -1,4 +1,4 @@
-"""A small image-classification service on eca_deploy.runtime, with nothing but the standard library.
+"""A small image-classification service on eca_deploy.serving, with nothing but the standard library.
 
     python examples/serve_runtime.py exported/eca_mobilenet_v2.eca.onnx --port 8080        # ONNX Runtime CPU
     python examples/serve_runtime.py model.engine --plugin /opt/eca/lib/libeca_plugin.so    # TensorRT GPU
@@ -15,7 +15,7 @@ when the request is refused, so the next request on the connection parses. Error
 ``k``), 404 for unknown paths, 405 with ``Allow`` for a path asked with the other method, 411/413 for a body without a length or above ``MAX_BODY_BYTES`` (the
 connection then closes), 500 for a failure of the service itself. The port is taken before the model
 loads, so a port in use is one sentence on stderr and exit code 2. For production batching and
-metrics, serve the model repository that ``eca_deploy.triton_repo.write_triton_repository`` writes
+metrics, serve the model repository that ``eca_deploy.serving.triton_repo.write_triton_repository`` writes
 with Triton instead.
 """
 
@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from eca_deploy.errors import EcaDeployError, first_line
-from eca_deploy.runtime import EcaRuntime, load_class_names
+from eca_deploy.serving import EcaRuntime, load_class_names
 
 MAX_BODY_BYTES = 64 << 20
 DEFAULT_TOP_K = 5

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-from eca_deploy.export import EXPORTERS, export_onnx
+from eca_deploy.onnx_export import EXPORTERS, export_onnx
 from eca_deploy.models import ARCHITECTURES, create_model, get_architecture
 from eca_deploy.passes import fuse_eca
 

@@ -5,7 +5,7 @@
 2. ``modelopt-autocast``: NVIDIA ModelOpt's ``modelopt.onnx.autocast.convert_to_mixed_precision``
    on the FP32 ONNX (TensorRT 11's documented route), ``keep_io_types=True``.
 3. ``onnxconverter-common``: ``float16.convert_float_to_float16(keep_io_types=True)``, the route
-   ``eca_deploy.export`` takes for ``--fp16``.
+   ``eca_deploy.onnx_export`` takes for ``--fp16``.
 
 For each: parity against PyTorch FP32 on ONNX Runtime CPU (max abs error, cosine, top-1), Cast node
 count, total node count and conversion time. Routes whose package is missing are reported as such.
@@ -25,7 +25,7 @@ import onnx
 import torch
 from torch import nn
 
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.models import create_demo_model
 from eca_deploy.parity import check_onnx_parity
 

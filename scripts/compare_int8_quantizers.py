@@ -54,7 +54,7 @@ from packaging.utils import canonicalize_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.real_images: the shipped photographs
 
-from eca_deploy.export import export_onnx  # noqa: E402
+from eca_deploy.onnx_export import export_onnx  # noqa: E402
 from eca_deploy.models import create_demo_model  # noqa: E402
 from eca_deploy.options import CALIBRATION_METHODS, EXPORTERS, INPUT_NAME  # noqa: E402
 from eca_deploy.parity import ParityMetrics, compare_outputs  # noqa: E402

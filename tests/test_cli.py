@@ -14,7 +14,7 @@ from cli_checks import COMMANDS, assert_refused, full_disk_dir, read_only_dir, r
 
 from eca_deploy import __version__
 from eca_deploy.cli.main import SUBCOMMANDS, fuse_main, main
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.models import create_demo_model
 from eca_deploy.passes import count_fused_nodes
 
@@ -187,12 +187,12 @@ def test_expect_mismatch_and_ctrl_c_leave_no_folder(tmp_path, monkeypatch, capsy
     assert_refused(result, r"fused 8 ECA blocks, expected 3")
     assert not (tmp_path / "a").exists()
 
-    import eca_deploy.export
+    import eca_deploy.onnx_export
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(eca_deploy.export, "export_onnx", interrupted)
+    monkeypatch.setattr(eca_deploy.onnx_export, "export_onnx", interrupted)
     assert main(["export", *QUICK_EXPORT, "-o", str(out)]) == 130
     assert "interrupted" in capsys.readouterr().err and not (tmp_path / "a").exists()
 

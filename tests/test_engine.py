@@ -13,7 +13,7 @@ import pytest
 
 from eca_deploy.cli.main import main
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.models import create_demo_model, get_architecture
 from eca_deploy.passes import fuse_eca
 from eca_deploy.tensorrt.backend import load_backend

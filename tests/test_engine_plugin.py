@@ -28,7 +28,7 @@ from tensorrt_headers import CI_VERSIONS
 from torch import nn
 
 from eca_deploy.errors import EcaDeployError, PluginNotUsedError
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.models import EcaLayer, create_demo_model, get_architecture
 from eca_deploy.onnx_files import save_onnx
 from eca_deploy.passes import fuse_eca

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import (
+from eca_deploy.onnx_export import (
     BATCH_DIM,
     BATCH_TRACES,
     INPUT_NAME,

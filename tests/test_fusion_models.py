@@ -15,7 +15,7 @@ from cli_checks import required
 from ecanets import BiasedEca, EcaStack, OtherTensorEca, ReluGateEca, SeBlock, WidthPoolEca, eca_block
 from onnxconverter_common import float16
 
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.models import create_demo_model, get_architecture
 from eca_deploy.parity import check_onnx_equivalence
 from eca_deploy.passes import count_fused_nodes, fuse_eca

@@ -21,7 +21,7 @@ from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo
 
 from eca_deploy.cli.main import main
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.harness.accuracy import LabelAccuracy, validate
 from eca_deploy.harness.backends import (OnnxRuntimeBackend, StageTimes, TorchBackend, available_backends,
                                          create_backend, parse_backend_spec)

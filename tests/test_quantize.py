@@ -24,7 +24,7 @@ from plugin_build import PLUGIN_LIBRARY, plugin_build
 from real_images import write_photographs
 
 from eca_deploy.checkpoints import save_authors_checkpoint
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.harness.report import table_rows
 from eca_deploy.models import create_demo_model, get_architecture
 from eca_deploy.onnx_files import save_onnx

@@ -18,14 +18,14 @@ import torch
 from cli_checks import required
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.models import create_demo_model, get_architecture
 from eca_deploy.onnx_files import save_onnx
 from eca_deploy.passes import count_fused_nodes, fuse_eca
 from eca_deploy.preprocess import Preprocessing, center_crop, normalize, resized_size
-from eca_deploy.runtime import EcaRuntime, decode_topk, load_class_names, softmax
+from eca_deploy.serving import EcaRuntime, decode_topk, load_class_names, softmax
 from eca_deploy.passes.fused_node import without_fallback_function
-from eca_deploy.runtime.trt import engine_flavour
+from eca_deploy.serving.trt import engine_flavour
 
 INPUT_SHAPE = (3, 64, 64)
 NUM_CLASSES = 10
@@ -336,7 +336,7 @@ def test_tensorrt_worker_survives_a_failed_graph_capture_and_close_waits_for_cal
     waits for calls in flight and synchronizes before freeing."""
     pytest.importorskip("tensorrt", reason="tensorrt is not installed")
     pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
-    from eca_deploy.runtime.trt import TensorRTBackend, _Worker
+    from eca_deploy.serving.trt import TensorRTBackend, _Worker
     from eca_deploy.tensorrt.engine import build_engine
 
     module, plain, _ = mnv2

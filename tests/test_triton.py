@@ -3,7 +3,7 @@
 The server is the ``tritonserver`` binary that nvidia-pytriton ships (the only Triton on PyPI that runs
 here; the ``tritonserver`` package on PyPI is a placeholder). It has the Python backend but no
 onnxruntime or TensorRT backend, so it serves the ``<name>_python`` model (the fused ONNX through
-``eca_deploy.runtime``); the ONNX Runtime variant is served when the server has that backend and
+``eca_deploy.serving``); the ONNX Runtime variant is served when the server has that backend and
 skipped with the server's reason otherwise. Queries go through tritonclient's HTTP client.
 
 Configs are parsed with Triton's own schema (``tritonclient.grpc.model_config_pb2``). A real engine
@@ -41,7 +41,7 @@ from test_runtime import INPUT_SHAPE, NUM_CLASSES, build_rtx_engine, export_demo
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.onnx_files import save_onnx
 from eca_deploy.passes.fused_node import without_fallback_function
-from eca_deploy.triton_repo import format_pbtxt, validate_model_config, write_triton_repository
+from eca_deploy.serving.triton_repo import format_pbtxt, validate_model_config, write_triton_repository
 
 MAX_BATCH = 8
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def test_onnx_and_python_variants_tree_and_configs(exported, tmp_path):
     assert python_config.backend == "python" and not python_config.platform
     assert python_config.parameters["model_file"].string_value == "model.onnx"
     assert python_config.input == onnx_config.input and python_config.output == onnx_config.output
-    assert "from eca_deploy.runtime import EcaRuntime" in (tmp_path / "repo/mnv2_python/1/model.py").read_text()
+    assert "from eca_deploy.serving import EcaRuntime" in (tmp_path / "repo/mnv2_python/1/model.py").read_text()
 
     readme = repo.readme.read_text()
     rows = _rows(readme)
@@ -464,7 +464,7 @@ def test_triton_batches_concurrent_requests(exported, triton):
 
 
 def test_triton_answers_bad_requests_with_400_and_keeps_serving(exported, triton):
-    """NaN is refused by eca_deploy.runtime inside the model, the rest by Triton against config.pbtxt: all HTTP 400."""
+    """NaN is refused by eca_deploy.serving inside the model, the rest by Triton against config.pbtxt: all HTTP 400."""
     from tritonclient.utils import InferenceServerException
 
     module, _ = exported

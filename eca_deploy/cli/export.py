@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise EcaDeployError("--strict applies to a calibration folder: add --calib DIR")
 
     from eca_deploy.checkpoints import load_model
-    from eca_deploy.export import check_export_options, effective_exporter, export_onnx
+    from eca_deploy.onnx_export import check_export_options, effective_exporter, export_onnx
     from eca_deploy.onnx_files import save_checked
     from eca_deploy.parity import check_onnx_files_parity, tolerance_for
     from eca_deploy.passes import fuse_eca
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         engine_built = args.engine and engine_failure is None
 
         if args.triton_repo:
-            from eca_deploy.triton_repo import write_triton_repository
+            from eca_deploy.serving.triton_repo import write_triton_repository
 
             with progress.step(f"Writing Triton model repository {args.triton_repo}"):
                 triton = write_triton_repository(

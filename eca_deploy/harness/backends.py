@@ -37,7 +37,7 @@ import numpy as np
 
 from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.harness.environment import cpu_name, cuda_device_name
-from eca_deploy.runtime.spec import InputSpec
+from eca_deploy.serving.spec import InputSpec
 
 TORCH_BACKENDS = ("torch-cpu", "torch-cuda", "torch-cuda-fp16")
 ONNXRUNTIME_BACKENDS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
@@ -198,7 +198,7 @@ class OnnxRuntimeBackend:
                  plugin_library: str | Path | None = None, threads: int | None = None,
                  max_batch: int | None = None) -> None:
         from eca_deploy.onnx_files import load_graph, onnx_precision
-        from eca_deploy.runtime.onnxrt import OnnxRuntimeBackend as Session
+        from eca_deploy.serving.onnxrt import OnnxRuntimeBackend as Session
 
         self.onnx_path, self.threads = Path(path), threads
         self._session = Session(self.onnx_path, providers=[provider],
@@ -253,7 +253,7 @@ class TensorRTBackend:
 
     def __init__(self, path: str | Path, *, plugin_library: str | Path | None = None,
                  tensorrt_module: str = "tensorrt", cuda_graphs: bool = False) -> None:
-        from eca_deploy.runtime.trt import TensorRTBackend as Engine
+        from eca_deploy.serving.trt import TensorRTBackend as Engine
 
         self.engine_path = Path(path)
         self._engine = Engine(self.engine_path, plugin_library=plugin_library, workers=1,

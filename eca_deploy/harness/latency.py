@@ -24,7 +24,7 @@ from eca_deploy.harness.backends import Backend, StageTimes
 from eca_deploy.harness.data import Batch
 from eca_deploy.harness.environment import PowerSampler, PowerSummary
 from eca_deploy.progress import ProgressBar
-from eca_deploy.runtime.decode import decode_topk
+from eca_deploy.serving.decode import decode_topk
 
 PERCENTILES = (50, 90, 95, 99)
 

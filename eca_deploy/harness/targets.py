@@ -24,7 +24,7 @@ import onnx
 from torch import nn
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.export import export_onnx
+from eca_deploy.onnx_export import export_onnx
 from eca_deploy.harness.backends import (CUDA_GRAPH_BACKENDS, ONNXRUNTIME_BACKENDS, PLUGIN_BACKENDS, Backend,
                                          TensorRTBackend, available_backends, create_backend)
 from eca_deploy.onnx_files import load_graph, save_onnx

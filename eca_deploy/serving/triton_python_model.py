@@ -1,6 +1,6 @@
-"""Triton Python-backend model: an ECA classifier served through ``eca_deploy.runtime.EcaRuntime``.
+"""Triton Python-backend model: an ECA classifier served through ``eca_deploy.serving.EcaRuntime``.
 
-``eca_deploy.triton_repo`` copies this file to ``<model>/1/model.py`` beside the fused ONNX model.
+``eca_deploy.serving.triton_repo`` copies this file to ``<model>/1/model.py`` beside the fused ONNX model.
 It runs inside Triton's Python backend stub (module ``triton_python_backend_utils``), so the Python
 environment the stub uses needs eca-deploy and its dependencies installed. It serves where Triton
 has no onnxruntime backend (e.g. the server bundled with nvidia-pytriton) and validates every
@@ -27,7 +27,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.runtime import EcaRuntime
+from eca_deploy.serving import EcaRuntime
 
 
 class _LegacyDLPack:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from eca_deploy.errors import EcaDeployError, first_line
-from eca_deploy.runtime.spec import InputSpec, is_torch_tensor
+from eca_deploy.serving.spec import InputSpec, is_torch_tensor
 from eca_deploy.tensorrt.backend import tensorrt_logger
 from eca_deploy.tensorrt.plugin_library import (
     PLUGIN_ENV,

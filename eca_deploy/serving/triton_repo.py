@@ -13,7 +13,7 @@ writes up to three models, each a directory Triton loads as it is:
                      through their model-local function). CPU by default; ``onnx_device="gpu"``
                      adds the TensorRT execution provider with our plugin
                      (``trt_extra_plugin_lib_paths``) and the batch profile.
-``<name>_python``    backend ``python``: the fused ONNX served by ``eca_deploy.runtime`` inside
+``<name>_python``    backend ``python``: the fused ONNX served by ``eca_deploy.serving`` inside
                      Triton's Python backend (servers without the onnxruntime backend, such as the
                      one bundled with nvidia-pytriton; request validation included).
 
@@ -43,7 +43,7 @@ import onnx
 from eca_deploy._io import staged_outputs
 from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.passes.fused_node import count_fused_nodes, is_fallback_function
-from eca_deploy.runtime.trt import engine_flavour
+from eca_deploy.serving.trt import engine_flavour
 from eca_deploy.tensorrt.plugin_library import AUTOREG_LIBRARY, is_self_registering
 
 VARIANTS = ("tensorrt", "onnx", "python")
@@ -52,8 +52,8 @@ TRT_PRECISIONS = ("FP32", "FP16")
 DEFAULT_QUEUE_DELAY_US = 100
 _TRITON_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                  onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.DOUBLE: "TYPE_FP64"}
-_PACKAGE_DIR = Path(__file__).resolve().parent
-_PYTHON_MODEL = _PACKAGE_DIR / "runtime" / "triton_python_model.py"
+_PYTHON_MODEL = Path(__file__).resolve().with_name("triton_python_model.py")
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # eca_deploy/
 
 
 class _Enum(str):
@@ -310,7 +310,7 @@ def unservable_reason(variant: str, model: OnnxModel, engine: Path | None, onnx_
     if variant == "tensorrt" and engine_flavour(engine) == "tensorrt_rtx":
         return (f"{engine.name} is a TensorRT-RTX plan, which Triton's TensorRT backend cannot load; build the "
                 f"engine with TensorRT (eca-deploy build MODEL.onnx where TensorRT is installed) or run this plan "
-                f"with eca_deploy.runtime.EcaRuntime")
+                f"with eca_deploy.serving.EcaRuntime")
     on_gpu_with_plugin = variant == "onnx" and onnx_device == "gpu" and plugin_given
     if model.plugin_only and variant in ("onnx", "python") and not on_gpu_with_plugin:
         runner = ("ONNX Runtime without the plugin library" if variant == "onnx" and onnx_device == "gpu"
@@ -351,7 +351,7 @@ def _holds(variant: str, contents: _Contents) -> str:
         return f"a TensorRT plan (its tag says TensorRT, not TensorRT-RTX); {layers}"
     described = contents.model.describe()
     if variant == "python":
-        return f"{described}, run by `eca_deploy.runtime` on ONNX Runtime CPU with request checks"
+        return f"{described}, run by `eca_deploy.serving` on ONNX Runtime CPU with request checks"
     if contents.onnx_device == "cpu":
         return f"{described}, run by ONNX Runtime CPU"
     library = f"with `{plugin}` (copied beside the config)" if plugin else "without a plugin library"
@@ -360,7 +360,7 @@ def _holds(variant: str, contents: _Contents) -> str:
 
 def _source_checkout() -> Path | None:
     """The eca-deploy checkout this module runs from (an editable install), or None for an installed wheel."""
-    root = _PACKAGE_DIR.parent
+    root = _PACKAGE_ROOT.parent
     return root if (root / "pyproject.toml").is_file() else None
 
 

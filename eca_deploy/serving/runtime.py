@@ -1,6 +1,6 @@
 """``EcaRuntime``: one API for ECA models on TensorRT engines and on ONNX Runtime.
 
-    from eca_deploy.runtime import EcaRuntime
+    from eca_deploy.serving import EcaRuntime
 
     with EcaRuntime("model.eca.onnx") as runtime:            # ONNX Runtime, CPU
         logits = runtime.predict(batch)                     # N x 3 x 224 x 224 float32 -> N x classes
@@ -21,8 +21,8 @@ from typing import Any
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.preprocess import ImageLike, Preprocessing
-from eca_deploy.runtime.decode import TopK, decode_topk
-from eca_deploy.runtime.spec import InputSpec
+from eca_deploy.serving.decode import TopK, decode_topk
+from eca_deploy.serving.spec import InputSpec
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -70,12 +70,12 @@ class EcaRuntime:
         self.check_finite = check_finite
         kind = backend_for(self.path, backend)
         if kind == "onnxruntime":
-            from eca_deploy.runtime.onnxrt import OnnxRuntimeBackend
+            from eca_deploy.serving.onnxrt import OnnxRuntimeBackend
 
             self._backend = OnnxRuntimeBackend(self.path, providers=providers, plugin_library=plugin_library,
                                                max_batch=max_batch, intra_op_threads=intra_op_threads)
         else:
-            from eca_deploy.runtime.trt import TensorRTBackend
+            from eca_deploy.serving.trt import TensorRTBackend
 
             self._backend = TensorRTBackend(self.path, plugin_library=plugin_library, workers=workers,
                                             max_batch=max_batch, allow_engine_host_code=allow_engine_host_code,

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from eca_deploy.errors import EcaDeployError, first_line
-from eca_deploy.runtime.spec import InputSpec, is_torch_tensor
+from eca_deploy.serving.spec import InputSpec, is_torch_tensor
 
 AUTO_PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.runtime.spec import is_torch_tensor
+from eca_deploy.serving.spec import is_torch_tensor
 
 
 @dataclass(frozen=True)
