@@ -67,7 +67,7 @@ class CalibrationImages:
     """
 
     def __init__(self, folder: Path, input_size: int, batch_size: int = 8, *, strict: bool = False) -> None:
-        from eca_deploy.harness.data import ImageFolderInputs
+        from eca_deploy.image_folders import ImageFolderInputs
         from eca_deploy.preprocess import Preprocessing
 
         self.folder = Path(folder)

@@ -25,7 +25,8 @@ from eca_deploy.onnx_export import export_onnx
 from eca_deploy.harness.accuracy import LabelAccuracy, validate
 from eca_deploy.harness.backends import (OnnxRuntimeBackend, StageTimes, TorchBackend, available_backends,
                                          create_backend, parse_backend_spec)
-from eca_deploy.harness.data import ImageFolderInputs, RandomInputs, load_class_index
+from eca_deploy.harness.data import RandomInputs
+from eca_deploy.image_folders import ImageFolderInputs, load_class_index
 from eca_deploy.harness.latency import LatencySettings, latency_statistics, measure_latency, scenario_summary
 from eca_deploy.onnx_files import save_onnx
 from eca_deploy.parity import DEFAULT_TOLERANCES, Tolerance
@@ -212,7 +213,7 @@ def test_latency_end_to_end_on_ort_and_pytorch(model, tmp_path):
 
 
 def _batch(inputs: RandomInputs, size: int, index: int):
-    from eca_deploy.harness.data import Batch
+    from eca_deploy.image_folders import Batch
 
     return Batch(inputs.batch(size, index % 2), None)
 

@@ -15,7 +15,7 @@ from cli_checks import assert_refused, run_cli, tree
 from real_images import AWKWARD_FILES, write_awkward_folder
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.harness.data import ImageFolderInputs
+from eca_deploy.image_folders import ImageFolderInputs
 from eca_deploy.preprocess import Preprocessing
 
 SIZE = 64

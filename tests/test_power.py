@@ -17,7 +17,8 @@ from test_runtime import INPUT_SHAPE, export_demo_64
 
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.harness.backends import OnnxRuntimeBackend
-from eca_deploy.harness.data import Batch, RandomInputs
+from eca_deploy.harness.data import RandomInputs
+from eca_deploy.image_folders import Batch
 from eca_deploy.harness.environment import (PowerSampler, capture_environment, jetson_info, measure_cpu_load,
                                             module_power_mw, parse_tegrastats_line, read_power_rails, read_temperatures,
                                             summarize_power)

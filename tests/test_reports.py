@@ -20,7 +20,8 @@ from test_runtime import INPUT_SHAPE, export_demo_64
 
 from eca_deploy.cli.main import main
 from eca_deploy.harness.backends import OnnxRuntimeBackend
-from eca_deploy.harness.data import Batch, RandomInputs
+from eca_deploy.harness.data import RandomInputs
+from eca_deploy.image_folders import Batch
 from eca_deploy.harness.environment import PowerSampler, capture_environment
 from eca_deploy.harness.latency import LatencySettings, measure_latency
 from eca_deploy.harness.report import (PANEL_HEIGHT_IN, PANEL_MARGIN_IN, PLOT_DPI, SCHEMA_PATH, compare_reports,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the heavy modules are imported when a run starts, so that -
 
     from eca_deploy.checkpoints import LoadedModel
     from eca_deploy.harness.backends import Backend
-    from eca_deploy.harness.data import ImageFolderInputs
+    from eca_deploy.image_folders import ImageFolderInputs
     from eca_deploy.harness.environment import CpuLoad
     from eca_deploy.harness.targets import BackendPlan, ReferenceShape
     from eca_deploy.progress import Progress
@@ -120,7 +120,7 @@ def _check_flags(args: argparse.Namespace, names: list[str], cuda_graphs: bool) 
 
 
 def _open_images(args: argparse.Namespace, batch_size: int) -> ImageFolderInputs:
-    from eca_deploy.harness.data import ImageFolderInputs
+    from eca_deploy.image_folders import ImageFolderInputs
     from eca_deploy.preprocess import Preprocessing
 
     preprocessing = Preprocessing.from_zoo().for_input_size(args.input_size)

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from eca_deploy.cli import _harness
-    from eca_deploy.harness.data import Batch, RandomInputs
+    from eca_deploy.harness.data import RandomInputs
+    from eca_deploy.image_folders import Batch
     from eca_deploy.harness.environment import PowerSampler
     from eca_deploy.harness.latency import LatencySettings, measure_latency, scenario_summary
 

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from eca_deploy.harness.backends import Backend
-from eca_deploy.harness.data import Batch
+from eca_deploy.image_folders import Batch
 from eca_deploy.harness.localize import first_divergence
 from eca_deploy.parity import DEFAULT_TOLERANCES, AgreementAccumulator, ParityMetrics, Tolerance, topk_hits
 from eca_deploy.progress import Progress

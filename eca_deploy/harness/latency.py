@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from eca_deploy.harness.backends import Backend, StageTimes
-from eca_deploy.harness.data import Batch
+from eca_deploy.image_folders import Batch
 from eca_deploy.harness.environment import PowerSampler, PowerSummary
 from eca_deploy.progress import ProgressBar
 from eca_deploy.serving.decode import decode_topk

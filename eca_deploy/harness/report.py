@@ -21,6 +21,7 @@ from typing import Any
 from eca_deploy import __version__
 from eca_deploy._io import staged_outputs
 from eca_deploy.errors import EcaDeployError
+from eca_deploy.image_folders import skipped_files_sentence
 
 SCHEMA_VERSION = 2  # 2: metrics' max_rel_error became max_elementwise_rel_error, beside max_rel_error_vs_ref_max
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
@@ -79,14 +80,6 @@ def report_warnings(report: dict[str, Any]) -> list[str]:
         warnings.append(skipped_files_sentence(skipped, report["inputs"].get("root")))
     return warnings
 
-
-def skipped_files_sentence(skipped: dict[str, Any], root: str | Path | None) -> str:
-    """The unreadable files an image folder skipped (``SkippedFiles.to_dict()``): how many, the first few and why."""
-    count = skipped["count"]
-    names = "; ".join(f"{Path(item['file']).name}: {item['reason']}" for item in skipped["first"])
-    more = f" and {count - len(skipped['first'])} more" if count > len(skipped["first"]) else ""
-    return (f"skipped {count} unreadable file{'s' if count > 1 else ''} in {root} ({names}{more}); "
-            "--strict refuses the folder instead")
 
 
 def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
