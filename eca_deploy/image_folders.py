@@ -151,9 +151,7 @@ class ImageFolderInputs:
         return {"kind": "images", "root": str(self.root), "layout": self.layout,
                 "samples": len(self.samples) - len(self._unreadable), "skipped_files": self.skipped.to_dict(),
                 "labels": self.has_labels, "num_classes": self.num_classes, "batch_size": self.batch_size,
-                "preprocessing": {"resize": self.preprocessing.resize, "crop": self.preprocessing.crop,
-                                  "mean": list(self.preprocessing.mean), "std": list(self.preprocessing.std),
-                                  "interpolation": self.preprocessing.interpolation}}
+                "preprocessing": self.preprocessing.to_dict()}
 
     def _decoded(self, samples: Iterator[tuple[Path, int]]) -> Iterator[tuple[np.ndarray, int]]:
         for path, label in samples:

@@ -6,6 +6,7 @@ The modules that implement them (export, tensorrt, harness) import them from her
 from __future__ import annotations
 
 DEFAULT_SOURCE = "eca_mobilenet_v2"  # what eca-export, validate and bench load without SOURCE
+DEFAULT_INPUT_SIZE = 224  # pixels, where the model does not say (timm models do)
 
 # Export (eca_deploy.onnx_export): names of the exported model's input, output and batch dimension, and options
 INPUT_NAME = "input"

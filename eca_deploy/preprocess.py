@@ -82,6 +82,11 @@ class Preprocessing:
                             self.crop)
         return normalize(array, self.mean, self.std)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings, as reports and provenance record them."""
+        return {"resize": self.resize, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
     def batch(self, images: Iterable[ImageLike]) -> np.ndarray:
         """Several images -> a contiguous float32 ``N x 3 x crop x crop`` batch."""
         arrays = [self(image) for image in images]

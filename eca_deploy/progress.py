@@ -1,4 +1,5 @@
-"""Progress display for the CLI: one line per step and progress bars on stderr, silenced by ``--quiet``."""
+"""Progress of long steps: one line per step and progress bars, on stderr for the CLI (silenced by ``--quiet``),
+or as whole lines to a callback for Python callers (:func:`as_progress`; silent by default)."""
 
 from __future__ import annotations
 
@@ -6,25 +7,48 @@ import contextlib
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+Sink = Callable[[str], None]  # receives whole lines
+
+
+def as_progress(progress: Progress | Sink | None) -> Progress:
+    """What the Python API takes: None (silent), a callable that receives each line, or a :class:`Progress`."""
+    if isinstance(progress, Progress):
+        return progress
+    return Progress(quiet=True) if progress is None else Progress(sink=progress)
 
 
 class Progress:
-    """Prints ``[i/n] step ... done (1.2 s)`` lines to stderr; ``quiet`` silences everything."""
+    """Writes ``[i/n] step ... done (1.2 s)`` lines to stderr, or to ``sink`` one whole line at a time; ``quiet``
+    silences everything."""
 
-    def __init__(self, total_steps: int | None = None, quiet: bool = False) -> None:
+    def __init__(self, total_steps: int | None = None, quiet: bool = False, sink: Sink | None = None) -> None:
         self.total_steps = total_steps
         self.quiet = quiet
+        self.sink = sink
         self._count = 0
         self._line_open = False  # a step's "title ..." waits for its outcome on the same line
+        self._pending = ""  # the open line, for a sink
+
+    def write(self, text: str, end: str = "\n") -> None:
+        """Write ``text`` (unless quiet): to stderr, or to the sink once its line is complete."""
+        if self.quiet:
+            return
+        if self.sink is None:
+            print(text, end=end, file=sys.stderr, flush=True)
+            return
+        self._pending += text + end
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self.sink(line)
 
     def info(self, message: str) -> None:
-        """Print one line (not a step); inside a step, below the step's title."""
-        if not self.quiet:
-            if self._line_open:
-                print(file=sys.stderr)
-                self._line_open = False
-            print(message, file=sys.stderr, flush=True)
+        """Write one line (not a step); inside a step, below the step's title."""
+        if self._line_open:
+            self.write("")
+            self._line_open = False
+        self.write(message)
 
     @contextlib.contextmanager
     def step(self, title: str) -> Iterator[None]:
@@ -33,7 +57,7 @@ class Progress:
         self._count += 1
         prefix = f"[{self._count}/{self.total_steps}] " if self.total_steps else ""
         if not self.quiet:
-            print(f"{prefix}{title} ...", end="", file=sys.stderr, flush=True)
+            self.write(f"{prefix}{title} ...", end="")
             self._line_open = True
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
@@ -47,16 +71,16 @@ class Progress:
     def _finish(self, outcome: str, caught: list[warnings.WarningMessage]) -> None:
         if self.quiet:
             return
-        print(outcome if self._line_open else f"  ...{outcome}", file=sys.stderr, flush=True)
+        self.write(outcome if self._line_open else f"  ...{outcome}")
         self._line_open = False
         for message in dict.fromkeys(f"{w.category.__name__}: {str(w.message).strip().splitlines()[0]}"
                                      for w in caught if str(w.message).strip()):
-            print(f"  warning: {message}", file=sys.stderr, flush=True)
+            self.write(f"  warning: {message}")
 
     @contextlib.contextmanager
     def bar(self, total: int | None, title: str) -> Iterator[ProgressBar]:
         """A progress bar over ``total`` items (a counter when ``total`` is None), finished on exit."""
-        progress_bar = ProgressBar(total, title, quiet=self.quiet)
+        progress_bar = ProgressBar(total, title, self)
         try:
             yield progress_bar
         finally:
@@ -64,16 +88,16 @@ class Progress:
 
 
 class ProgressBar:
-    """``title [#####-----] 12/24 3.1 s``, redrawn in place on a terminal, every 10 % in logs."""
+    """``title [#####-----] 12/24 3.1 s``, redrawn in place on a terminal, every 10 % in logs and to a sink."""
 
     WIDTH = 30
 
-    def __init__(self, total: int | None, title: str, quiet: bool = False) -> None:
-        self.total, self.title, self.quiet = total, title, quiet
+    def __init__(self, total: int | None, title: str, progress: Progress) -> None:
+        self.total, self.title, self.progress = total, title, progress
         self.done = 0
         self.label = ""
         self._start = time.perf_counter()
-        self._tty = sys.stderr.isatty()
+        self._tty = progress.sink is None and sys.stderr.isatty()
         self._last_decile = self._last_printed = -1
 
     def advance(self, count: int = 1, label: str | None = None) -> None:
@@ -84,7 +108,7 @@ class ProgressBar:
         self._draw()
 
     def _draw(self, final: bool = False) -> None:
-        if self.quiet:
+        if self.progress.quiet:
             return
         elapsed = time.perf_counter() - self._start
         if self.total:
@@ -99,7 +123,7 @@ class ProgressBar:
         decile = 10 * self.done // self.total if self.total else self.done
         if decile != self._last_decile or (final and self.done != self._last_printed):
             self._last_decile, self._last_printed = decile, self.done
-            print(text, file=sys.stderr, flush=True)
+            self.progress.write(text)
 
     def finish(self) -> None:
         self._draw(final=True)

@@ -157,17 +157,25 @@ def calibrate_batchnorm(model: nn.Module, image_size: int = 224, seed: int = 0, 
 
 def create_demo_model(name: str, kernels: KernelSpec | None = None, num_classes: int = 1000,
                       seed: int = 0) -> nn.Module:
-    """A zoo model with seeded random weights and calibrated BatchNorm: for demos and tests.
-
-    The calibration dominates building on a CPU, so the weights are cached under
-    ``cache_root()/demo_models``, keyed by the arguments, the torch version and the model sources; an
-    unreadable or unwritable cache only costs the calibration.
-    """
+    """A zoo model with seeded random weights and calibrated BatchNorm: for demos and tests (:func:`demo_weights`)."""
     import torch
 
     torch.manual_seed(seed)
     model = create_model(name, kernels, num_classes)
-    cached = _demo_weights_path(name, get_architecture(name).kernel_sizes(kernels), num_classes, seed)
+    key = f"{name}|{get_architecture(name).kernel_sizes(kernels)}|{num_classes}|{seed}"
+    return demo_weights(model, key, seed=seed)
+
+
+def demo_weights(model: nn.Module, key: str, seed: int = 0) -> nn.Module:
+    """``model`` (seeded random weights) with BatchNorm calibrated on seeded images (:func:`calibrate_batchnorm`).
+
+    The calibration dominates building on a CPU, so the weights are cached under ``cache_root()/demo_models``,
+    keyed by ``key`` (what built the model), the torch version and this package's model sources; an unreadable or
+    unwritable cache only costs the calibration.
+    """
+    import torch
+
+    cached = _demo_weights_path(key)
     try:
         model.load_state_dict(torch.load(cached, weights_only=True))
     except Exception:  # noqa: BLE001 - missing, truncated or foreign: any unusable cache file is rebuilt
@@ -183,10 +191,11 @@ def create_demo_model(name: str, kernels: KernelSpec | None = None, num_classes:
     return model.eval()
 
 
-def _demo_weights_path(name: str, kernel_sizes: list[int], num_classes: int, seed: int) -> Path:
+def _demo_weights_path(key: str) -> Path:
     import torch
 
-    digest = hashlib.sha256(f"{name}|{kernel_sizes}|{num_classes}|{seed}|{torch.__version__}".encode())
+    digest = hashlib.sha256(f"{key}|{torch.__version__}".encode())
     for source in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", key.split("|")[0])
     return cache_root() / "demo_models" / f"{name}-{digest.hexdigest()[:16]}.pt"
