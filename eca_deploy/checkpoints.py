@@ -22,6 +22,7 @@ from torch import nn
 
 from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.models import ARCHITECTURES, Architecture, EcaLayer, create_demo_model, get_architecture
+from eca_deploy.models.registry import key_difference
 from eca_deploy.models.timm_models import (
     create_timm_model,
     eca_layers,
@@ -41,7 +42,6 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")  # where training 
 SAFETENSORS_SUFFIX = ".safetensors"
 _PICKLE_PROTOCOL_MARK = 0x80
 _ZIP_MAGIC = b"PK"
-_MAX_LISTED_KEYS = 5
 
 
 @dataclass(frozen=True)
@@ -358,14 +358,3 @@ def _describe(module: nn.Module, kind: str, path: Path | None, arch: str | None,
                            loader=loader)
     return LoadedModel(module.eval(), inferred.arch.name, inferred.kernel_sizes, inferred.num_classes, kind, source,
                        output_stride=inferred.arch.output_stride, weights_file=weights_file, loader=loader)
-
-
-def key_difference(missing: list[str], unexpected: list[str]) -> str:
-    """How two key sets differ, in a few words: ``37 missing (a, b ...); 2 unexpected (c, d)``."""
-    def listed(keys: list[str]) -> str:
-        more = f" and {len(keys) - _MAX_LISTED_KEYS} more" if len(keys) > _MAX_LISTED_KEYS else ""
-        return ", ".join(keys[:_MAX_LISTED_KEYS]) + more
-
-    parts = [f"{len(missing)} missing ({listed(missing)})" if missing else "",
-             f"{len(unexpected)} unexpected ({listed(unexpected)})" if unexpected else ""]
-    return "; ".join(p for p in parts if p)

@@ -77,10 +77,11 @@ class ImageFolderInputs:
 
     ``num_classes``: how many classes the labels index (the class index's length, else the number of
     class folders); None for a flat folder. Unreadable files are skipped and counted in ``skipped``
-    (``strict``: refused with one sentence); ``limit`` counts the readable ones.
+    (``strict``: refused with one sentence); ``limit`` counts the readable ones. The folder is read before
+    the model is loaded, so ``preprocessing`` may be set afterwards (it must be before any image is decoded).
     """
 
-    def __init__(self, root: str | Path, preprocessing: Preprocessing, *, batch_size: int,
+    def __init__(self, root: str | Path, preprocessing: Preprocessing | None, *, batch_size: int,
                  class_index: str | Path | None = None, limit: int | None = None, strict: bool = False) -> None:
         self.root, self.strict, self.skipped = Path(root), strict, SkippedFiles()
         self._unreadable: set[Path] = set()
@@ -151,9 +152,11 @@ class ImageFolderInputs:
         return {"kind": "images", "root": str(self.root), "layout": self.layout,
                 "samples": len(self.samples) - len(self._unreadable), "skipped_files": self.skipped.to_dict(),
                 "labels": self.has_labels, "num_classes": self.num_classes, "batch_size": self.batch_size,
-                "preprocessing": self.preprocessing.to_dict()}
+                "preprocessing": None if self.preprocessing is None else self.preprocessing.to_dict()}
 
     def _decoded(self, samples: Iterator[tuple[Path, int]]) -> Iterator[tuple[np.ndarray, int]]:
+        if self.preprocessing is None:
+            raise ValueError("set the image folder's preprocessing (the model's) before decoding images")
         for path, label in samples:
             if path in self._unreadable:
                 continue

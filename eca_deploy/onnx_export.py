@@ -41,6 +41,7 @@ from eca_deploy.options import (
     PRECISIONS,
 )
 from eca_deploy.passes.values import constant_value
+from eca_deploy.provenance import Provenance, stamp
 
 #: Batch of the example input the exporters trace; the parity checks run other batch sizes.
 EXAMPLE_BATCH = 2
@@ -190,11 +191,12 @@ def check_export_options(exporter: str, opset: int) -> None:
 
 def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, int, int] = (3, 224, 224),
                 precision: str = "fp32", opset: int = DEFAULT_OPSET, exporter: str = "dynamo",
-                external_data: bool = False) -> ExportResult:
+                external_data: bool = False, provenance: Provenance | None = None) -> ExportResult:
     """Export ``module`` (float32; put in eval mode) to a checked ONNX file with a dynamic batch axis.
 
     The input is named ``input`` (N x C x H x W, float32) and the output ``logits`` (float32),
-    whatever ``precision`` is. TorchScript modules always use the legacy exporter.
+    whatever ``precision`` is. TorchScript modules always use the legacy exporter. ``provenance`` (where
+    the module came from) goes into the file's metadata.
     """
     if precision not in PRECISIONS:
         raise EcaDeployError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -211,6 +213,8 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, 
         model, clamped = to_float16(model)
     _name_batch_dims(model)
     model.producer_name = "eca-deploy"
+    if provenance is not None:
+        stamp(model, provenance)
     data_path = save_onnx(model, path, external_data)
     checked = check_onnx(path)
     return ExportResult(path=path, external_data_path=data_path, exporter=exporter, opset=opset,

@@ -12,21 +12,28 @@ from collections.abc import Callable, Iterator
 Sink = Callable[[str], None]  # receives whole lines
 
 
+class EcaDeployWarning(UserWarning):
+    """A result that is less than it looks (skipped image files, a busy machine), for Python callers."""
+
+
 def as_progress(progress: Progress | Sink | None) -> Progress:
-    """What the Python API takes: None (silent), a callable that receives each line, or a :class:`Progress`."""
+    """What the Python API takes: None (silent; warnings as :class:`EcaDeployWarning`), a callable that receives
+    each line, warnings included, or a :class:`Progress`."""
     if isinstance(progress, Progress):
         return progress
-    return Progress(quiet=True) if progress is None else Progress(sink=progress)
+    return Progress(quiet=True, python_warnings=True) if progress is None else Progress(sink=progress)
 
 
 class Progress:
     """Writes ``[i/n] step ... done (1.2 s)`` lines to stderr, or to ``sink`` one whole line at a time; ``quiet``
     silences everything."""
 
-    def __init__(self, total_steps: int | None = None, quiet: bool = False, sink: Sink | None = None) -> None:
+    def __init__(self, total_steps: int | None = None, quiet: bool = False, sink: Sink | None = None,
+                 python_warnings: bool = False) -> None:
         self.total_steps = total_steps
         self.quiet = quiet
         self.sink = sink
+        self.python_warnings = python_warnings
         self._count = 0
         self._line_open = False  # a step's "title ..." waits for its outcome on the same line
         self._pending = ""  # the open line, for a sink
@@ -42,6 +49,32 @@ class Progress:
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
             self.sink(line)
+
+    def warn(self, message: str) -> None:
+        """A warning: a ``warning: ...`` line even when quiet (the CLI's stderr, or the sink), or for a silent
+        Python caller an :class:`EcaDeployWarning`."""
+        if self.python_warnings:
+            warnings.warn(message, EcaDeployWarning, stacklevel=3)
+            return
+        if self._line_open:
+            self.write("")
+            self._line_open = False
+        if self.sink is not None:
+            self.sink(f"warning: {message}")
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    def answer(self, text: str) -> None:
+        """Part of a command's answer (a table of what it found): stdout even when quiet on the command line, the
+        sink for a Python caller that gave one, nothing for a silent one."""
+        if self.sink is not None:
+            for line in text.splitlines():
+                self.sink(line)
+        elif not self.python_warnings:
+            if self._line_open:
+                self.write("")
+                self._line_open = False
+            print(text, flush=True)
 
     def info(self, message: str) -> None:
         """Write one line (not a step); inside a step, below the step's title."""

@@ -32,6 +32,8 @@ import onnx
 from eca_deploy.errors import EcaDeployError, first_line
 from eca_deploy.onnx_files import load_onnx, save_onnx
 from eca_deploy.options import CALIBRATION_METHODS, INPUT_NAME
+from eca_deploy.preprocess import Preprocessing
+from eca_deploy.provenance import Provenance, stamp
 
 QUANTIZED_OP_TYPES = ("Conv", "Gemm", "MatMul", "Add")
 Q_OPS, DQ_OPS = ("QuantizeLinear",), ("DequantizeLinear",)
@@ -59,20 +61,20 @@ def random_calibration(input_shape: Sequence[int], size: int, seed: int = 0, bat
 
 
 class CalibrationImages:
-    """A checked calibration folder (ImageFolder or flat) whose images go through the authors' preprocessing.
+    """A checked calibration folder (ImageFolder or flat) whose images go through the model's preprocessing.
 
-    Checks happen when it is made, before any model is loaded: a missing folder, or one without a readable
-    image, is a one-sentence error. Any image the preprocessing takes is used, whatever its size; files that
-    cannot be read are skipped and counted (``strict``: refused), as in ``validate --images``.
+    Made before any model is loaded: a missing folder, or one without a readable image, is a one-sentence error.
+    Any image the preprocessing takes is used, whatever its size; files that cannot be read are skipped and
+    counted (``strict``: refused), as in ``validate --images``. ``preprocessing`` may be set once the model is
+    known (the authors' transforms, or a timm model's), before :meth:`load`.
     """
 
-    def __init__(self, folder: Path, input_size: int, batch_size: int = 8, *, strict: bool = False) -> None:
+    def __init__(self, folder: Path, preprocessing: Preprocessing | None = None, batch_size: int = 8, *,
+                 strict: bool = False) -> None:
         from eca_deploy.image_folders import ImageFolderInputs
-        from eca_deploy.preprocess import Preprocessing
 
         self.folder = Path(folder)
-        self.inputs = ImageFolderInputs(self.folder, Preprocessing.from_zoo().for_input_size(input_size),
-                                        batch_size=batch_size, strict=strict)
+        self.inputs = ImageFolderInputs(self.folder, preprocessing, batch_size=batch_size, strict=strict)
 
     def load(self, size: int) -> CalibrationData:
         """The first ``size`` readable images, preprocessed (fewer where some of them fail to decode)."""
@@ -82,6 +84,7 @@ class CalibrationImages:
                                  f"{self.inputs.skipped.summary(self.folder)}")
         return CalibrationData(batches, {"kind": "images", "root": str(self.folder), "layout": self.inputs.layout,
                                          "samples": sum(len(batch) for batch in batches),
+                                         "preprocessing": self.inputs.preprocessing.to_dict(),
                                          "skipped_files": self.inputs.skipped.to_dict()})
 
     def parity_batches(self, size: int, limit: int = 8) -> list[np.ndarray] | None:
@@ -92,9 +95,9 @@ class CalibrationImages:
         return None if batch is None else [batch.images]
 
 
-def image_calibration(folder: Path, input_size: int, size: int) -> CalibrationData:
-    """Up to ``size`` images of ``folder`` through the authors' preprocessing (unreadable files skipped)."""
-    return CalibrationImages(folder, input_size).load(size)
+def image_calibration(folder: Path, preprocessing: Preprocessing, size: int) -> CalibrationData:
+    """Up to ``size`` images of ``folder`` through ``preprocessing`` (unreadable files skipped)."""
+    return CalibrationImages(folder, preprocessing).load(size)
 
 
 @dataclass
@@ -163,8 +166,10 @@ def _named(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_int8(model_path: str | Path, output_path: str | Path, calibration: CalibrationData, *,
-                  method: str = DEFAULT_CALIBRATION_METHOD, external_data: bool = False) -> QuantizationReport:
-    """Write the INT8 Q/DQ version of the float ONNX model ``model_path`` to ``output_path``."""
+                  method: str = DEFAULT_CALIBRATION_METHOD, external_data: bool = False,
+                  provenance: Provenance | None = None) -> QuantizationReport:
+    """Write the INT8 Q/DQ version of the float ONNX model ``model_path`` to ``output_path``, with the float
+    model's metadata, its provenance replaced by ``provenance`` where given (an INT8 file of the same model)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if method not in CALIBRATION_METHODS:
@@ -205,6 +210,10 @@ def quantize_int8(model_path: str | Path, output_path: str | Path, calibration: 
     _float_conv_outputs_into_adds(quantized)
     _drop_unused_initializers(quantized)
     quantized.producer_name = "eca-deploy"
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(model.metadata_props)
+    if provenance is not None:
+        stamp(quantized, provenance)
     save_onnx(quantized, Path(output_path), external_data)
     ops = Counter(node.op_type for node in quantized.graph.node)
     consumers = _dequantized_consumers(quantized)

@@ -230,7 +230,7 @@ def _measure_model(arch: str, args: argparse.Namespace, calibration_dir: Path, p
     inputs = Preprocessing.from_zoo().for_input_size(INPUT_SIZE).batch(paths)
     with torch.no_grad():
         reference = model(torch.from_numpy(inputs)).numpy()
-    calibration = image_calibration(calibration_dir, INPUT_SIZE, len(paths))
+    calibration = image_calibration(calibration_dir, Preprocessing.from_zoo().for_input_size(INPUT_SIZE), len(paths))
     result: dict = {"arch": arch, "eca_blocks": fuse_eca(onnx.load(str(fp32_path)), verify=False)[1].num_fused,
                     "calibration": calibration.source, "fp32": _agreement(_ort_logits(fp32_path, inputs), reference,
                                                                           held_out), "routes": []}

@@ -187,12 +187,12 @@ def test_expect_mismatch_and_ctrl_c_leave_no_folder(tmp_path, monkeypatch, capsy
     assert_refused(result, r"fused 8 ECA blocks, expected 3")
     assert not (tmp_path / "a").exists()
 
-    import eca_deploy.onnx_export
+    from eca_deploy.pipeline import steps
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(eca_deploy.onnx_export, "export_onnx", interrupted)
+    monkeypatch.setattr(steps, "export_onnx", interrupted)
     assert main(["export", *QUICK_EXPORT, "-o", str(out)]) == 130
     assert "interrupted" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
@@ -234,8 +234,8 @@ def _interrupt(*args, **kwargs):
 def test_ctrl_c_after_files_are_staged_leaves_nothing_behind(tmp_path, mobilenet_onnx, monkeypatch, capsys, command):
     """Ctrl-C in the last step of each command, when its files are already staged: exit 130, the output folder as it
     was before (an earlier file kept), no staging folder, no folder the command created."""
-    import eca_deploy.parity
     import eca_deploy.tensorrt.engine
+    from eca_deploy.pipeline import convert
     from eca_deploy.harness.backends import OnnxRuntimeBackend
 
     earlier = tmp_path / "out"
@@ -243,10 +243,10 @@ def test_ctrl_c_after_files_are_staged_leaves_nothing_behind(tmp_path, mobilenet
     (earlier / "earlier.txt").write_text("an earlier run's file")
     created = tmp_path / "new" / "folder"
     if command == "export":  # interrupted while checking parity: both ONNX files are staged
-        monkeypatch.setattr(eca_deploy.parity, "check_onnx_files_parity", _interrupt)
+        monkeypatch.setattr(convert, "check_onnx_files_parity", _interrupt)
         runs = [["export", *QUICK_EXPORT, "-o", str(folder)] for folder in (earlier, created)]
     elif command == "fuse":  # interrupted while verifying: the fused model is staged
-        monkeypatch.setattr(eca_deploy.parity, "check_onnx_equivalence", _interrupt)
+        monkeypatch.setattr(convert, "check_onnx_equivalence", _interrupt)
         runs = [["fuse", str(mobilenet_onnx), "-o", str(folder / "m.eca.onnx"), "-q"] for folder in (earlier, created)]
     elif command == "build":  # interrupted inside TensorRT's build
         pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed")

@@ -102,7 +102,7 @@ def test_every_input_of_the_engine_cache_key_misses_on_its_own(tmp_path, exporte
     assert build("again_after").cache["hit"]
 
     backend = load_backend()
-    key = functools.partial(engine_module.engine_cache_key, plain, backend)
+    key = functools.partial(engine_module.engine_cache_key, engine_module.read_model(plain)[1], backend)
     library = tmp_path / "libeca_plugin.so"
     library.write_bytes(b"stands for a plugin library: only its hash enters the key")
     plans = [PluginPlan("none"), PluginPlan("fallback-function"), PluginPlan("library", library, "a" * 64),

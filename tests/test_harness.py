@@ -342,7 +342,8 @@ def test_cli_validate_exits_1_on_a_broken_model_and_localises_it(tmp_path, capsy
 
 def test_cli_engines_are_checked_against_the_reference_and_their_profile(tmp_path, capsys):
     """A real engine of the 64 x 64, 10-class model whose profile stops at batch 4 (TensorRT-RTX builds it on
-    the CPU): refused for a larger batch, and against the default SOURCE (224 x 224, 1000 classes)."""
+    the CPU): refused for a larger batch, against a SOURCE of 224 x 224 and 1000 classes, and without SOURCE (the
+    engine, built from a file without provenance, cannot say which model it came from)."""
     _, _, fused = export_demo_64(tmp_path.parent, "eca_mobilenet_v2", "mnv2")
     engine = build_rtx_engine(fused, tmp_path / "mnv2.plan", max_batch=4)
     # Without a GPU the engine cannot be deserialized, which is said; with one the checks speak.
@@ -350,11 +351,13 @@ def test_cli_engines_are_checked_against_the_reference_and_their_profile(tmp_pat
     code = main(["validate", *_zoo_args(tmp_path / "out", "-b", f"trt-rtx={engine}", "--batch-size", "8")])
     assert code == 2
     assert re.search(f"batch of 8 exceeds the maximum 4|{cannot_open}", capsys.readouterr().err)
-    code = main(["validate", "-q", "-o", str(tmp_path / "default"), "-b", f"trt-rtx={engine}"])
+    code = main(["validate", "eca_mobilenet_v2", "-q", "-o", str(tmp_path / "other"), "-b", f"trt-rtx={engine}"])
     assert code == 2
-    assert re.search(rf"maps N x 3 x 64 x 64 to 10 classes, but the reference model eca_mobilenet_v2 \(the default "
-                     rf"SOURCE\) maps N x 3 x 224 x 224 to 1000 classes|{cannot_open}", capsys.readouterr().err)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "default").exists()
+    assert re.search(rf"maps N x 3 x 64 x 64 to 10 classes, but the reference model eca_mobilenet_v2 maps N x 3 x "
+                     rf"224 x 224 to 1000 classes|{cannot_open}", capsys.readouterr().err)
+    assert main(["validate", "-q", "-o", str(tmp_path / "default"), "-b", f"trt-rtx={engine}"]) == 2
+    assert "mnv2.plan does not say which model it was made from" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("out", "other", "default"))
 
 
 # GPU (skipped without one; `python -m pytest -m gpu` on a GPU machine)

@@ -60,7 +60,7 @@ def _photo_batch(photos: Path, size: int) -> np.ndarray:
 
 def test_quantized_model_is_int8_where_tensorrt_wants_it_and_float_in_eca(tmp_path, resnet18, photos):
     module, plain = resnet18
-    report = quantize_int8(plain, tmp_path / "r18.int8.onnx", CalibrationImages(photos, SIZE).load(10))
+    report = quantize_int8(plain, tmp_path / "r18.int8.onnx", CalibrationImages(photos, Preprocessing.from_zoo().for_input_size(SIZE)).load(10))
     model = onnx.load(str(tmp_path / "r18.int8.onnx"))
     onnx.checker.check_model(model, full_check=True)
     nodes = model.graph.node
@@ -117,7 +117,7 @@ def test_wrong_int8_models_fail_the_int8_tolerance(tmp_path, resnet18, photos):
     models measured 56-95 %, README), so its cosine (0.77 against >= 0.95) is what rejects it."""
     module, plain = resnet18
     int8 = tmp_path / "r18.int8.onnx"
-    quantize_int8(plain, int8, CalibrationImages(photos, SIZE).load(10))
+    quantize_int8(plain, int8, CalibrationImages(photos, Preprocessing.from_zoo().for_input_size(SIZE)).load(10))
     x = _photo_batch(photos, SIZE)
     with torch.no_grad():
         reference = module(torch.from_numpy(x)).numpy()
@@ -134,7 +134,7 @@ def test_wrong_int8_models_fail_the_int8_tolerance(tmp_path, resnet18, photos):
 
 def test_fusion_and_quantization_compose_in_both_orders(tmp_path, resnet18, photos):
     _, plain = resnet18
-    calibration = CalibrationImages(photos, SIZE).load(10)
+    calibration = CalibrationImages(photos, Preprocessing.from_zoo().for_input_size(SIZE)).load(10)
     fused_fp32, _ = fuse_eca(onnx.load(str(plain)))
     save_onnx(fused_fp32, tmp_path / "fused.onnx")
     # fuse, then quantize: the EcaAttention nodes stay float, their weight un-quantized
@@ -294,7 +294,7 @@ def test_validate_bench_and_compare_take_int8_models(tmp_path, resnet18, photos)
 
     _, plain = resnet18
     int8 = tmp_path / "r18.int8.onnx"
-    quantize_int8(plain, int8, CalibrationImages(photos, SIZE).load(10))
+    quantize_int8(plain, int8, CalibrationImages(photos, Preprocessing.from_zoo().for_input_size(SIZE)).load(10))
     common = ["eca_resnet18", "--input-size", str(SIZE), "--images", str(photos), "-q"]
     assert main(["validate", *common, "-b", f"ort-cpu={int8}", "-o", str(tmp_path / "acc")]) == 0
     (row,) = json.loads((tmp_path / "acc" / "accuracy.json").read_text())["accuracy"]["candidates"]

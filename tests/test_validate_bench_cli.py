@@ -106,19 +106,23 @@ def test_every_path_and_flag_is_checked_before_the_model_loads(mnv2, tmp_path, c
 
 
 def test_a_named_file_must_take_the_reference_input_and_give_its_classes(mnv2, tmp_path, capsys):
-    """The 64 x 64, 10-class files against the default SOURCE, or against a wrong --input-size (checked once
-    the model says its class count, before any backend runs: -q keeps "Loading ..." off stderr)."""
+    """Files without provenance (exported here with export_onnx alone) need SOURCE, and must then take its input
+    and give its classes (checked once the model says its class count, before any backend runs: -q keeps
+    "Loading ..." off stderr)."""
     _, plain, fused = mnv2
     assert onnx_io_shape(fused) == ([3, 64, 64], 10)
-    line = refused(["validate", "-q", "-b", f"ort-cpu={fused}", "-o", str(tmp_path / "a")], capsys,
+    refused(["validate", "-q", "-b", f"ort-cpu={fused}", "-o", str(tmp_path / "a")], capsys,
+            r"ort-cpu=.*mnv2.eca.onnx does not say which model it was made from \(no eca-deploy provenance\): pass "
+            r"that model as SOURCE")
+    line = refused(["validate", "-q", "eca_mobilenet_v2", "-b", f"ort-cpu={fused}", "-o", str(tmp_path / "b")], capsys,
                    r"ort-cpu=.*mnv2.eca.onnx maps N x 3 x 64 x 64 to 10 classes, but the reference model "
-                   r"eca_mobilenet_v2 \(the default SOURCE\) maps N x 3 x 224 x 224 to 1000 classes")
+                   r"eca_mobilenet_v2 maps N x 3 x 224 x 224 to 1000 classes")
     assert "pass the model the file was exported from as SOURCE" in line
-    refused(["bench", "-q", "-b", "torch-cpu", "-b", f"ort-cpu={plain}", "-o", str(tmp_path / "b")], capsys,
-            "mnv2.onnx maps N x 3 x 64 x 64 to 10 classes")
+    refused(["bench", "-q", "eca_mobilenet_v2", "-b", "torch-cpu", "-b", f"ort-cpu={plain}", "-o", str(tmp_path / "c")],
+            capsys, "mnv2.onnx maps N x 3 x 64 x 64 to 10 classes")
     refused(["validate", "-q", "eca_mobilenet_v2", "--num-classes", "10", "--input-size", "32", "-b",
-             f"ort-cpu={fused}", "-o", str(tmp_path / "c")], capsys,
-            r"but the reference model eca_mobilenet_v2 \(the default SOURCE\) maps N x 3 x 32 x 32 to 10 classes")
+             f"ort-cpu={fused}", "-o", str(tmp_path / "d")], capsys,
+            r"but the reference model eca_mobilenet_v2 maps N x 3 x 32 x 32 to 10 classes")
     assert tree(tmp_path) == set()
 
 
@@ -138,9 +142,9 @@ def test_symbolic_dimensions_fit_any_reference():
 @pytest.fixture
 def quick_export(monkeypatch):
     """The default backends' export with the legacy exporter (seconds instead of tens of seconds)."""
-    from eca_deploy.harness import targets
+    from eca_deploy.pipeline import steps
 
-    monkeypatch.setattr(targets, "export_onnx", functools.partial(targets.export_onnx, exporter="legacy"))
+    monkeypatch.setattr(steps, "export_onnx", functools.partial(steps.export_onnx, exporter="legacy"))
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from eca_deploy.models.registry import ARCHITECTURES
@@ -29,12 +30,27 @@ def opset(text: str) -> int:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Where the PyTorch model comes from: checkpoint file or zoo name, and overrides."""
+def timm_args(text: str) -> dict:
+    """argparse type: keyword arguments of ``timm.create_model`` as a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"drop_rate\": 0.0}}': {error}") \
+            from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, default_source: str | None = DEFAULT_SOURCE) -> None:
+    """Where the PyTorch model comes from: a checkpoint file, a zoo name or timm:NAME, and overrides.
+    ``default_source=None``: SOURCE may be left out for the files' own provenance to name the model."""
     group = parser.add_argument_group("model")
-    group.add_argument("source", nargs="?", default=DEFAULT_SOURCE,
-                       help="checkpoint (.pth.tar in the authors' format, state dict, TorchScript) or a zoo "
-                            f"name for random weights (default: {DEFAULT_SOURCE}); zoo: {', '.join(ARCHITECTURES)}")
+    default = (f"default: {default_source}" if default_source else
+               f"default: the model the -b files were exported from, else {DEFAULT_SOURCE}")
+    group.add_argument("source", nargs="?", default=default_source, metavar="SOURCE",
+                       help="checkpoint (.pth.tar in the authors' format, state dict .pth or .safetensors, TorchScript), "
+                            f"a zoo name for random weights, or timm:NAME ({default}); zoo: {', '.join(ARCHITECTURES)}")
     group.add_argument("--arch", choices=sorted(ARCHITECTURES), help="architecture (default: inferred from the keys)")
     group.add_argument("--kernels", metavar="SPEC",
                        help="ECA kernel sizes for zoo names, e.g. k3557 or adaptive (checkpoints: read from the weights)")
@@ -43,8 +59,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--allow-pickle", action="store_true",
                        help="allow checkpoints holding a pickled nn.Module; unpickling runs code from the file, "
                             "so only use it for files you trust")
-    group.add_argument("--input-size", type=positive_int, default=224, metavar="PX",
-                       help="square input resolution (default: 224)")
+    group.add_argument("--input-size", type=positive_int, metavar="PX",
+                       help="square input resolution (default: the model's: 224, or a timm model's pretrained_cfg)")
+    timm = parser.add_argument_group("timm models (SOURCE timm:NAME, needs pip install 'eca-deploy[timm]')")
+    timm.add_argument("--weights", type=Path, metavar="FILE",
+                      help="the model's weights: a state dict (.pth, .pth.tar with state_dict, .safetensors); the class "
+                           "count is read from them (default: seeded random weights)")
+    timm.add_argument("--pretrained", action="store_true",
+                      help="timm's released weights, downloaded from the Hugging Face hub (needs a network)")
+    timm.add_argument("--timm-args", type=timm_args, metavar="JSON",
+                      help='keyword arguments of timm.create_model, e.g. \'{"block_args": {"attn_layer": "ceca"}}\'')
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The model arguments as the Python API takes them."""
+    return {"input_size": args.input_size, "arch": args.arch, "kernels": args.kernels,
+            "num_classes": args.num_classes, "weights": args.weights, "pretrained": args.pretrained,
+            "timm_args": args.timm_args, "allow_pickle": args.allow_pickle}
 
 
 def add_strict_images_arg(group: argparse._ArgumentGroup, folder_option: str) -> None:
@@ -86,8 +117,8 @@ def add_harness_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
     group.add_argument("-b", "--backend", action="append", default=[], metavar="NAME[=FILE]",
                        help="backend to run, repeatable: torch-cpu, torch-cuda, torch-cuda-fp16, ort-cpu=M.onnx, "
                             "ort-cuda=M.onnx, ort-trt=M.onnx, trt=M.engine, trt-rtx=M.engine (default: export the "
-                            "model and use every backend this machine has); files must take SOURCE's input and "
-                            "give its classes")
+                            "model and use every backend this machine has); files must come from SOURCE (their "
+                            "provenance says), and without SOURCE they name the model")
     group.add_argument("--fp16", action="store_true",
                        help="with the default backends: export and run FP16 models (named files carry their own "
                             "precision)")
@@ -100,8 +131,8 @@ def add_harness_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
                             "per core); recorded in the report")
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--images", type=Path, metavar="DIR",
-                        help="folder of images (ImageFolder class folders, or flat), preprocessed as the authors did "
-                             "(default: seeded random inputs)")
+                        help="folder of images (ImageFolder class folders, or flat), preprocessed as the model expects: "
+                             "the authors' transforms, or a timm model's (default: seeded random inputs)")
     inputs.add_argument("--class-index", type=Path, metavar="FILE",
                         help="with --images: class folder name per line in model order, or imagenet_class_index.json "
                              "(default: sorted class folders)")

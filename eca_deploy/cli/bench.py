@@ -21,15 +21,14 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 
-from eca_deploy.cli.args import add_harness_args, add_model_args, positive_int
-from eca_deploy.errors import EcaDeployError
+from eca_deploy.cli.args import add_harness_args, add_model_args, model_options, positive_int
 from eca_deploy.options import POWER_SOURCES
+from eca_deploy.progress import Progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_args(parser)
+    add_model_args(parser, default_source=None)
     add_harness_args(parser, default_dir="reports/latency")
     group = parser.add_argument_group("benchmark")
     group.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8], metavar="N",
@@ -49,48 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eca_deploy.cli import _harness
-    from eca_deploy.harness.data import RandomInputs
-    from eca_deploy.image_folders import Batch
-    from eca_deploy.harness.environment import PowerSampler
-    from eca_deploy.harness.latency import LatencySettings, measure_latency, scenario_summary
+    from eca_deploy.pipeline import bench
 
-    try:
-        settings = LatencySettings(args.warmup_iterations, args.warmup_seconds, args.iterations, args.duration)
-    except ValueError as error:
-        raise EcaDeployError(str(error)) from error
-    batch_sizes = sorted(set(args.batch_sizes))
-    sampler = PowerSampler(args.power, interval_s=args.power_interval)
-    with _harness.start(args, include_torch_cpu=True, batch_size=max(batch_sizes),
-                        cuda_graphs=args.cuda_graphs) as session:
-        random = RandomInputs(session.input_shape, batch_size=max(batch_sizes), num_batches=1, seed=args.seed)
-        if session.images:
-            next_batch = session.images.batch_of
-        else:
-            pool = {size: [random.batch(size, index) for index in range(2)] for size in batch_sizes}
-
-            def next_batch(size: int, index: int) -> Batch:
-                return Batch(pool[size][index % 2], None)
-        results = []
-        with session.backends() as backends:
-            with session.progress.bar(len(backends) * len(batch_sizes), "Benchmarking") as bar:
-                for backend in backends:
-                    for size in batch_sizes:
-                        results.append(measure_latency(backend, size, next_batch, settings=settings, sampler=sampler,
-                                                       bar=bar))
-        summary = scenario_summary(results)
-        body = {"settings": asdict(settings) | {"batch_sizes": batch_sizes, "cuda_graphs": args.cuda_graphs,
-                                                "power_source": sampler.source},
-                "results": [result.to_dict() for result in results], "summary": summary}
-        inputs = (session.images or random).describe() | {"batch_sizes": batch_sizes}  # after the run: its skips
-        session.write("latency", inputs, body, plots=not args.no_plots)
-    for name, figures in summary.items():
-        single, offline = figures["single_stream"], figures["offline"]
-        line = f"{name}: "
-        if single:
-            line += f"single-stream p50 {single['p50_ms']:.3f} ms, p99 {single['p99_ms']:.3f} ms; "
-        line += (f"offline {offline['throughput_images_per_s']:.1f} images/s at batch {offline['batch_size']}")
-        if offline["joules_per_image"] is not None:
-            line += f", {offline['joules_per_image'] * 1e3:.2f} mJ/image"
-        print(line)
+    result = bench(args.source, args.backend, output_dir=args.output_dir, images=args.images,
+                   class_index=args.class_index, limit=args.limit, strict=args.strict, batch_sizes=args.batch_sizes,
+                   warmup_iterations=args.warmup_iterations, warmup_seconds=args.warmup_seconds,
+                   iterations=args.iterations, duration=args.duration, cuda_graphs=args.cuda_graphs, power=args.power,
+                   power_interval=args.power_interval, plots=not args.no_plots, seed=args.seed, fp16=args.fp16,
+                   plugin=args.plugin, threads=args.threads, progress=Progress(quiet=args.quiet),
+                   **model_options(args))
+    print(result.written_line())
+    print(result.summary())
     return 0

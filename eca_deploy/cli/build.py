@@ -20,10 +20,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from eca_deploy._io import check_output_file, write_text_atomic
 from eca_deploy.cli.args import add_engine_profile_args
 from eca_deploy.options import PRECISION_ROUTES, TENSORRT_FLAVOURS
 from eca_deploy.progress import Progress
@@ -58,22 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    default_output = f"{args.model.name.removesuffix('.onnx')}.engine"
-    output = check_output_file(args.output or args.model.with_name(default_output), "-o", default_output)
-    report = check_output_file(args.report or output.with_name(output.name + ".json"), "--report",
-                               output.name + ".json")
+    from eca_deploy.pipeline import build_engine
 
-    from eca_deploy.tensorrt.engine import build_engine
-
-    progress = Progress(total_steps=1, quiet=args.quiet)
-    with progress.step(f"Building {output.name} from {args.model}"):
-        result = build_engine(args.model, output, precision="fp16" if args.fp16 else None,
-                              batch=(args.min_batch, args.opt_batch, args.max_batch), plugin_library=args.plugin,
-                              embed_plugin=args.embed_plugin, aot=args.aot, precision_route=args.precision_route,
-                              backend=args.backend, cache_dir=None if args.no_cache else args.cache_dir,
-                              progress=progress, verbose=args.verbose)
-    write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
-    print(f"Wrote {output} ({result.size_bytes / 1e6:.1f} MB, {result.backend} {result.backend_version}, "
-          f"{result.precision}, plugin: {result.plugin.mode}, {result.num_plugin_layers} plugin layers, "
-          f"cache {'hit' if result.cache['hit'] else 'miss'}) and {report}")
+    result = build_engine(args.model, args.output, report=args.report, precision="fp16" if args.fp16 else None,
+                          batch=(args.min_batch, args.opt_batch, args.max_batch), plugin_library=args.plugin,
+                          embed_plugin=args.embed_plugin, aot=args.aot, precision_route=args.precision_route,
+                          backend=args.backend, cache_dir=None if args.no_cache else args.cache_dir,
+                          verbose=args.verbose, progress=Progress(quiet=args.quiet))
+    built = result.report
+    print(f"Wrote {result.files['engine']} ({built['size_bytes'] / 1e6:.1f} MB, {built['backend']} "
+          f"{built['backend_version']}, {built['precision']}, plugin: {built['plugin']['mode']}, "
+          f"{built['num_plugin_layers']} plugin layers, cache {'hit' if built['cache']['hit'] else 'miss'}) and "
+          f"{result.files['report']}")
     return 0

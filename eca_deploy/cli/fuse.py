@@ -17,15 +17,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from eca_deploy._io import check_output_file, staged_outputs, write_text_atomic
-from eca_deploy.errors import EcaDeployError, ParityError
 from eca_deploy.progress import Progress
-
-FP32_ATOL = 1e-5
-FP16_ATOL = 2e-3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,63 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    default_output = f"{args.model.name.removesuffix('.onnx')}.eca.onnx"
-    output = check_output_file(args.output or args.model.with_name(default_output), "-o", default_output)
-    default_report = f"{output.name.removesuffix('.onnx')}.fusion.json"
-    report_path = check_output_file(args.report or output.with_name(default_report), "--report", default_report)
-    if output.resolve() == args.model.resolve():
-        raise EcaDeployError("the output would overwrite the input model: pass another -o")
+    from eca_deploy.pipeline import fuse
 
-    from eca_deploy.onnx_files import load_onnx, onnx_precision, save_checked
-    from eca_deploy.parity import check_onnx_equivalence
-    from eca_deploy.passes import fuse_eca
-    from eca_deploy.passes.fused_node import plugin_only_path, without_fallback_function
-
-    progress = Progress(total_steps=2 + (not args.no_verify), quiet=args.quiet)
-    with progress.step(f"Loading {args.model}"):
-        model = load_onnx(args.model)
-    with progress.step("Fusing ECA blocks"):
-        fused, report = fuse_eca(model)
-    print(report.summary_table())
-    if args.expect is not None and report.num_fused != args.expect:
-        raise EcaDeployError(f"fused {report.num_fused} ECA blocks, expected {args.expect}")
-    if report.num_fused == 0 and not (args.allow_unfused or args.expect == 0):
-        why = f"{len(report.near_misses)} near-misses are listed above" if report.near_misses else "no candidate found"
-        raise EcaDeployError(f"no ECA block to fuse in {args.model.name} ({why}); nothing written (--allow-unfused "
-                             "writes an unchanged copy)")
-
-    result = report.to_dict()
-    written = [output]
-    together = report_path.parent.resolve() == output.parent.resolve()
-    with staged_outputs(output.parent) as staging:
-        staged = staging / output.name
-        save_checked(fused, staged, args.external_data)
-        if args.plugin_only:
-            save_checked(without_fallback_function(fused), plugin_only_path(staged), args.external_data)
-            result["plugin_only"] = plugin_only_path(output).name
-            written.append(plugin_only_path(output))
-        failure = None
-        if not args.no_verify and report.num_fused:
-            try:
-                with progress.step("Checking the fused model against the original on ONNX Runtime CPU"):
-                    atol = FP16_ATOL if onnx_precision(model) == "fp16" else FP32_ATOL
-                    equivalence = check_onnx_equivalence(args.model, staged, atol=atol)
-            except ParityError as error:  # exit 1, the files kept for inspection (README)
-                failure = error
-                result["verification_failed"] = str(error)
-            else:
-                result["max_abs_difference"] = equivalence.max_abs_difference
-                result["verified_batches"] = list(equivalence.batches)
-                batches = " and ".join(map(str, equivalence.batches))
-                progress.info(f"  same outputs at batch {batches} (max abs difference "
-                              f"{equivalence.max_abs_difference:.2g})")
-                for size, reason in equivalence.skipped.items():
-                    progress.info(f"  not checked at batch {size}: the original model itself fails there ({reason})")
-        if together:  # the report lands with the models, all or nothing
-            (staging / report_path.name).write_text(json.dumps(result, indent=2) + "\n")
-    if not together:
-        write_text_atomic(report_path, json.dumps(result, indent=2) + "\n")
-    print(f"Wrote {', '.join(map(str, written))} and {report_path}")
-    if failure is not None:
-        raise ParityError(f"{failure}; the files are kept for inspection")
+    result = fuse(args.model, args.output, report=args.report, expect=args.expect, verify=not args.no_verify,
+                  plugin_only=args.plugin_only, external_data=args.external_data, allow_unfused=args.allow_unfused,
+                  progress=Progress(quiet=args.quiet), check=False)
+    models = [path for role, path in result.files.items() if role != "report"]
+    print(f"Wrote {', '.join(map(str, models))} and {result.files['report']}")
+    result.raise_failure()
     return 0
+

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from eca_deploy import __version__
+from eca_deploy._version import __version__
 from eca_deploy._io import UNWRITABLE_ERRNOS
 from eca_deploy.errors import EcaDeployError
 

@@ -23,12 +23,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from eca_deploy.cli.args import add_harness_args, add_model_args, add_tolerance_args, positive_int
-from eca_deploy.errors import EcaDeployError, ParityError
+from eca_deploy.cli.args import add_harness_args, add_model_args, add_tolerance_args, model_options, positive_int
+from eca_deploy.progress import Progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_args(parser)
+    add_model_args(parser, default_source=None)
     add_harness_args(parser, default_dir="reports/accuracy")
     group = parser.add_argument_group("validation")
     group.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
@@ -47,31 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eca_deploy.cli import _harness
-    from eca_deploy.harness.accuracy import validate
-    from eca_deploy.harness.backends import available_backends, create_backend
-    from eca_deploy.harness.data import RandomInputs
-    from eca_deploy.parity import DEFAULT_TOLERANCES, tolerance_for
+    from eca_deploy.pipeline import validate
 
-    unavailable = available_backends()[args.reference]
-    if unavailable is not None:
-        raise EcaDeployError(f"--reference {args.reference} cannot run here: {unavailable}")
-    tolerances = {precision: tolerance_for(args.precision or precision, atol=args.atol, rtol=args.rtol)
-                  for precision in DEFAULT_TOLERANCES}
-    with _harness.start(args, include_torch_cpu=False, batch_size=args.batch_size) as session:
-        inputs = session.images or RandomInputs(session.input_shape, batch_size=args.batch_size,
-                                                num_batches=args.num_batches, seed=args.seed)
-        reference = create_backend(args.reference, module_factory=session.module, threads=args.threads)
-        with session.backends() as candidates:
-            result = validate(reference, candidates, inputs, tolerances=tolerances, module_factory=session.module,
-                              localize=not args.no_localize, progress=session.progress, total=len(inputs))
-        session.write("accuracy", inputs.describe(), result.to_dict())
-    if result.reference_labels:
-        print(f"reference pytorch-fp32: top-1 accuracy {result.reference_labels['top1']:.1%}, "
-              f"top-5 {result.reference_labels['top5']:.1%} on {result.reference_labels['samples']} images")
-    for candidate in result.candidates:
-        print(candidate.summary())
-    if not result.passed:
-        failed = ", ".join(c.backend["name"] for c in result.candidates if not c.passed)
-        raise ParityError(f"{failed} disagreed with PyTorch FP32 beyond tolerance; see {args.output_dir}/accuracy.md")
+    result = validate(args.source, args.backend, output_dir=args.output_dir, images=args.images,
+                      class_index=args.class_index, limit=args.limit, strict=args.strict,
+                      batch_size=args.batch_size, num_batches=args.num_batches, seed=args.seed,
+                      precision=args.precision, atol=args.atol, rtol=args.rtol, localize=not args.no_localize,
+                      reference=args.reference, fp16=args.fp16, plugin=args.plugin, threads=args.threads,
+                      progress=Progress(quiet=args.quiet), check=False, **model_options(args))
+    print(result.written_line())
+    print(result.summary())
+    result.raise_failure()
     return 0

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eca_deploy import __version__
+from eca_deploy._version import __version__
 from eca_deploy._io import staged_outputs
 from eca_deploy.errors import EcaDeployError
 from eca_deploy.image_folders import skipped_files_sentence

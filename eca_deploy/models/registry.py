@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 KernelSpec = str | Sequence[int]
+MAX_LISTED_KEYS = 5  # state-dict keys named in a message
 
 
 @dataclass(frozen=True)
@@ -199,3 +200,14 @@ def _demo_weights_path(key: str) -> Path:
         digest.update(source.read_bytes())
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", key.split("|")[0])
     return cache_root() / "demo_models" / f"{name}-{digest.hexdigest()[:16]}.pt"
+
+
+def key_difference(missing: list[str], unexpected: list[str]) -> str:
+    """How two key sets differ, in a few words: ``37 missing (a, b ...); 2 unexpected (c, d)``."""
+    def listed(keys: list[str]) -> str:
+        more = f" and {len(keys) - MAX_LISTED_KEYS} more" if len(keys) > MAX_LISTED_KEYS else ""
+        return ", ".join(keys[:MAX_LISTED_KEYS]) + more
+
+    parts = [f"{len(missing)} missing ({listed(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({listed(unexpected)})" if unexpected else ""]
+    return "; ".join(p for p in parts if p)

@@ -158,7 +158,7 @@ def _reachable(host: str, port: int = 443, timeout_s: float = 3.0) -> bool:
 
 def _with_weights(timm: ModuleType, name: str, weights: Mapping[str, torch.Tensor], num_classes: int | None,
                   model_args: dict) -> nn.Module:
-    from eca_deploy.checkpoints import key_difference
+    from eca_deploy.models.registry import key_difference
 
     classifier = f"{classifier_key(timm, name)}.weight"
     if classifier not in weights:

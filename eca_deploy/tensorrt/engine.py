@@ -25,8 +25,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import onnx
+from google.protobuf.message import DecodeError
+
 from eca_deploy._io import check_output_dir, staged_outputs, write_text_atomic
-from eca_deploy.errors import EcaDeployError, PluginNotUsedError
+from eca_deploy.errors import EcaDeployError, PluginNotUsedError, first_line
 from eca_deploy.onnx_files import load_graph, onnx_precision
 from eca_deploy.options import PRECISION_ROUTES
 from eca_deploy.passes.fused_node import (
@@ -35,6 +38,7 @@ from eca_deploy.passes.fused_node import (
     without_plugin_lookup,
 )
 from eca_deploy.progress import Progress
+from eca_deploy.provenance import read_provenance
 from eca_deploy.resources import cache_root
 from eca_deploy.tensorrt.backend import (
     AOT_MIN_VERSION,
@@ -149,6 +153,7 @@ class EngineResult:
     profile: BatchProfile
     num_fused_nodes: int
     plugin: PluginPlan
+    provenance: dict | None = None  # the ONNX model's (where it came from), None for a file without
     layers: list[dict[str, str]] = field(default_factory=list)
     cache: dict = field(default_factory=dict)
     build_seconds: float = 0.0
@@ -163,7 +168,7 @@ class EngineResult:
                 "precision": self.precision, "precision_route": self.precision_route, "profile": asdict(self.profile),
                 "num_fused_nodes": self.num_fused_nodes, "plugin": self.plugin.to_dict(),
                 "num_plugin_layers": self.num_plugin_layers, "num_layers": len(self.layers),
-                "quantization": quantization_summary(self.layers), "layers": self.layers,
+                "quantization": quantization_summary(self.layers), "provenance": self.provenance, "layers": self.layers,
                 "cache": self.cache, "build_seconds": round(self.build_seconds, 3), "size_bytes": self.size_bytes}
 
 
@@ -188,11 +193,13 @@ def plan_plugin(backend: Backend, fused: int, library: Path | None, *, explicit_
     return PluginPlan("serialized-in-engine" if embed else "library", library, _sha256(library))
 
 
-def parse_onnx(backend: Backend, path: Path, plugin: PluginPlan, *, strongly_typed: bool = True) -> ParsedNetwork:
-    """Parse ``path`` into a network. With a plugin, the library is loaded and verified (or the AOT plugin
-    registered) first and the parser gets a copy of the model without the fused nodes' fallback function;
-    without one, a copy whose fused nodes name no plugin, so that their function is inlined even where a
-    plugin library was loaded into this process before."""
+def parse_onnx(backend: Backend, path: Path, plugin: PluginPlan, *, strongly_typed: bool = True,
+               graph: onnx.ModelProto | None = None) -> ParsedNetwork:
+    """Parse ``path`` (``graph``: its model, already read) into a network. With a plugin, the library is loaded
+    and verified (or the AOT plugin registered) first and the parser gets a copy of the model without the fused
+    nodes' fallback function; without one, a copy whose fused nodes name no plugin, so that their function is
+    inlined even where a plugin library was loaded into this process before."""
+    graph = graph if graph is not None else load_graph(path)
     trt = backend.module
     builder = trt.Builder(tensorrt_logger(backend.module))
     handle = None
@@ -202,7 +209,7 @@ def parse_onnx(backend: Backend, path: Path, plugin: PluginPlan, *, strongly_typ
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, builder.logger)
     if plugin.uses_plugin:
-        model = without_fallback_function(load_graph(path))
+        model = without_fallback_function(graph)
         if plugin.mode == "aot-ptx":
             from eca_deploy.tensorrt.qdp import mark_for_aot, register_aot_plugin
 
@@ -210,7 +217,7 @@ def parse_onnx(backend: Backend, path: Path, plugin: PluginPlan, *, strongly_typ
             mark_for_aot(model)
         parsed = parser.parse(model.SerializeToString(), str(path))
     elif plugin.mode == "fallback-function":
-        parsed = parser.parse(without_plugin_lookup(load_graph(path)).SerializeToString(), str(path))
+        parsed = parser.parse(without_plugin_lookup(graph).SerializeToString(), str(path))
     else:
         parsed = parser.parse_from_file(str(path))
     if not parsed:
@@ -281,13 +288,26 @@ def _sha256(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def engine_cache_key(onnx_path: Path, backend: Backend, precision: str, route: str, profile: BatchProfile,
-                     plugin: PluginPlan) -> str:
-    """Hash of everything that decides the engine: model bytes (external data too), TensorRT version,
-    GPU compute capability, precision and route, profile, and the plugin (mode and library hash)."""
+def read_model(onnx_path: Path) -> tuple[onnx.ModelProto, str]:
+    """The ONNX model without its external weights, and the SHA-256 of its bytes (external data too), from one
+    read of the file."""
+    data = onnx_path.read_bytes()
+    try:
+        graph = onnx.load_from_string(data)
+    except (DecodeError, ValueError) as error:
+        raise EcaDeployError(f"{onnx_path} is not a readable ONNX model: {first_line(error)}") from error
+    digest = hashlib.sha256(data)
     external = onnx_path.with_name(onnx_path.name + ".data")
-    model_hash = _sha256(onnx_path, *([external] if external.is_file() else []))
-    parts = [model_hash, backend.name, backend.version, gpu_tag(), precision, route,
+    if external.is_file():
+        digest.update(bytes.fromhex(_sha256(external)))
+    return graph, digest.hexdigest()
+
+
+def engine_cache_key(model_sha256: str, backend: Backend, precision: str, route: str, profile: BatchProfile,
+                     plugin: PluginPlan) -> str:
+    """Hash of everything that decides the engine: the model's bytes (:func:`read_model`), TensorRT version,
+    GPU compute capability, precision and route, profile, and the plugin (mode and library hash)."""
+    parts = [model_sha256, backend.name, backend.version, gpu_tag(), precision, route,
              f"{profile.min}/{profile.opt}/{profile.max}", plugin.mode, plugin.sha256 or "none"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
@@ -313,7 +333,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     if precision_route not in PRECISION_ROUTES:
         raise EcaDeployError(f"precision route must be one of {', '.join(PRECISION_ROUTES)}")
     trt = load_backend(backend)
-    graph = load_graph(onnx_path)
+    graph, model_sha256 = read_model(onnx_path)
     model_precision = onnx_precision(graph)
     precision = precision or model_precision
     fp16_flag = precision_route == "builder-flag" and precision == "fp16"
@@ -338,11 +358,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
         except EcaDeployError as error:
             progress.info(f"  {error}; building without the engine and timing caches (--cache-dir chooses another)")
             cache_dir = None
-    key = engine_cache_key(onnx_path, trt, precision, precision_route, profile, plugin)
+    key = engine_cache_key(model_sha256, trt, precision, precision_route, profile, plugin)
     cached = cache_dir / f"{key}.engine" if cache_dir is not None else None
     cached_layers = cached.with_suffix(".layers.json") if cached is not None else None
+    provenance = read_provenance(graph)
     result = EngineResult(engine_path, trt.name, trt.version, precision, precision_route, profile, fused, plugin,
-                          cache={"key": key, "hit": False})
+                          None if provenance is None else provenance.to_dict(), cache={"key": key, "hit": False})
     start = time.perf_counter()
     with staged_outputs(engine_path.parent) as staging:
         staged = staging / engine_path.name
@@ -353,7 +374,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
             progress.info(f"  engine cache hit ({cached})")
         else:
             with verbose_log(trt.module, verbose):
-                parsed = parse_onnx(trt, onnx_path, plugin, strongly_typed=not fp16_flag)
+                parsed = parse_onnx(trt, onnx_path, plugin, strongly_typed=not fp16_flag, graph=graph)
                 result.layers = parsed.layers()
                 check_plugin_layers(plugin, fused, result.layers)
                 embed = plugin.library if plugin.mode == "serialized-in-engine" else None
