@@ -7,9 +7,9 @@ fused model with the plugin library (EcaAttention plugin layers). What cannot ru
 with the reason, so the same command adds the GPU backends on a GPU without changes.
 
 A run goes in three steps, so that every mistake in the arguments is found before a model loads:
-:func:`plan_backends` reads the names, files and plugin library (nothing is loaded or written);
-:func:`prepare` writes what the automatic plan runs (exports, engines); :func:`instantiate` opens
-the backends. Files named on the command line must take the reference model's input and give its
+:func:`plan_backends` reads the names, files and plugin library (nothing is loaded or written); the
+pipeline writes what the automatic plan runs (exports, engines, with the steps ``export`` uses);
+:func:`instantiate` opens the backends. Files named on the command line must take the reference model's input and give its
 classes (:class:`ReferenceShape`): ONNX files are checked from the file before any backend opens,
 engines once they are open (deserializing one needs its GPU).
 """
@@ -20,16 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
 from torch import nn
 
 from eca_deploy.errors import EcaDeployError
-from eca_deploy.onnx_export import export_onnx
 from eca_deploy.harness.backends import (CUDA_GRAPH_BACKENDS, ONNXRUNTIME_BACKENDS, PLUGIN_BACKENDS, Backend,
                                          TensorRTBackend, available_backends, create_backend)
-from eca_deploy.onnx_files import load_graph, save_onnx
-from eca_deploy.passes import fuse_eca
-from eca_deploy.progress import Progress
+from eca_deploy.onnx_files import load_graph
 from eca_deploy.tensorrt.plugin_library import resolve_plugin_library
 
 
@@ -94,7 +90,7 @@ class EngineToBuild:
 @dataclass
 class BackendPlan:
     """Backends to instantiate as (name, file), the ones left out with their reasons, and the files the
-    automatic plan writes before it runs (:func:`prepare`)."""
+    automatic plan writes before it runs (eca_deploy.pipeline.session)."""
 
     backends: list[tuple[str, Path | None]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -154,25 +150,6 @@ def check_files(plan: BackendPlan, reference: ReferenceShape) -> None:
     for name, path in plan.backends:
         if name in ONNXRUNTIME_BACKENDS and path not in written:
             reference.check(f"{name}={path}", *onnx_io_shape(path))
-
-
-def prepare(plan: BackendPlan, *, module: nn.Module, input_shape: tuple[int, int, int], precision: str,
-            engine_batch: tuple[int, int, int], progress: Progress) -> None:
-    """Write the files the automatic plan runs: export and fuse the model, build the engines."""
-    if plan.exports:
-        plain, fused = plan.exports["onnx"], plan.exports["fused_onnx"]
-        with progress.step(f"Exporting {precision.upper()} ONNX and fusing ECA blocks"):
-            export_onnx(module, plain, input_shape=input_shape, precision=precision)
-            fused_model, _ = fuse_eca(onnx.load(str(plain)))
-            save_onnx(fused_model, fused)
-    if not plan.engines:
-        return
-    from eca_deploy.tensorrt.engine import build_engine  # TensorRT is optional: imported when an engine is built
-
-    for engine in plan.engines:
-        with progress.step(f"Building the {engine.kind} TensorRT engine {engine.engine_path.name}"):
-            build_engine(engine.onnx_path, engine.engine_path, batch=engine_batch,
-                         plugin_library=engine.plugin_library, backend="tensorrt", progress=progress)
 
 
 def instantiate(plan: BackendPlan, *, module_factory: Callable[[], nn.Module], cuda_graphs: bool,
