@@ -56,6 +56,22 @@ def test_bare_state_dict_with_or_without_prefix(tmp_path, resnet18, prefix):
     assert same_function(loaded.module, resnet18)
 
 
+def test_safetensors_weights_of_a_zoo_model(tmp_path, resnet18):
+    """A .safetensors state dict (the format hubs share weights in) loads like a .pth one, the same model."""
+    from safetensors.torch import save_file
+
+    save_file({key: value.contiguous() for key, value in resnet18.state_dict().items()}, tmp_path / "r18.safetensors")
+    loaded = load_model(tmp_path / "r18.safetensors")
+    assert (loaded.arch, loaded.source_kind, loaded.kernel_spec, loaded.num_classes) == (
+        "eca_resnet18", "safetensors", "k3557", 10)
+    assert same_function(loaded.module, resnet18)
+    assert loaded.weights_sha256 == load_model(save_authors_checkpoint(resnet18, tmp_path / "r18.pth.tar",
+                                                                       "eca_resnet18")).weights_sha256
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(EcaDeployError, match="broken.safetensors is not a readable .safetensors file"):
+        load_model(tmp_path / "broken.safetensors")
+
+
 def test_torchscript_archive(tmp_path, resnet18):
     torch.jit.script(resnet18).save(str(tmp_path / "model.ts"))
     loaded = load_model(tmp_path / "model.ts")
