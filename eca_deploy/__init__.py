@@ -17,24 +17,19 @@ fusion) -> ``tensorrt`` (engines) -> ``serving`` (runtime, Triton) -> ``harness`
 
 from __future__ import annotations
 
+import importlib
+
 from eca_deploy._version import __version__
 
-_API = ("export", "fuse", "build_engine", "validate", "bench", "load_model", "EcaDeployError")
+#: The public API and the module each name comes from, imported when first used (PyTorch, ONNX and TensorRT load
+#: with them).
+_API = {"export": "eca_deploy.pipeline", "fuse": "eca_deploy.pipeline", "build_engine": "eca_deploy.pipeline",
+        "validate": "eca_deploy.pipeline", "bench": "eca_deploy.pipeline", "load_model": "eca_deploy.checkpoints",
+        "EcaDeployError": "eca_deploy.errors"}
 __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):
-    """The API's functions, imported when first used (PyTorch, ONNX and TensorRT load with them)."""
-    if name in ("export", "fuse", "build_engine", "validate", "bench"):
-        from eca_deploy import pipeline
-
-        return getattr(pipeline, name)
-    if name == "load_model":
-        from eca_deploy.checkpoints import load_model
-
-        return load_model
-    if name == "EcaDeployError":
-        from eca_deploy.errors import EcaDeployError
-
-        return EcaDeployError
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'eca_deploy' has no attribute {name!r}")
