@@ -122,7 +122,7 @@ def _library_for(arch: str) -> ctypes.CDLL:
     shape = [integer] * 9  # n, c, h, w, kernelSize, padMode, dataType, layout, pixelStride
     lib.ecaWorkspaceSizeC.argtypes, lib.ecaWorkspaceSizeC.restype = shape, ctypes.c_size_t
     lib.ecaForwardC.argtypes, lib.ecaForwardC.restype = [*shape, *[pointer] * 5], integer
-    lib.ecaForwardSingleLaunchC.argtypes = [*[integer] * 11, *[pointer] * 4]
+    lib.ecaForwardSingleLaunchC.argtypes = [*[integer] * 12, *[pointer] * 4]
     lib.ecaForwardSingleLaunchC.restype = integer
     lib.ecaErrorStringC.argtypes, lib.ecaErrorStringC.restype = [integer], ctypes.c_char_p
     return lib
@@ -187,7 +187,7 @@ def _output(x: torch.Tensor, out: torch.Tensor | None, pixel_stride: int) -> tor
 
 def eca_forward(x: torch.Tensor, weight: torch.Tensor, pad_mode: str = "constant", *,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """y = x * sigmoid(conv1d_k(mean_hw(x))) across channels with the fused CUDA kernel (two launches).
+    """y = x * sigmoid(conv1d_k(mean_hw(x))) across channels with the fused CUDA kernel (``ecaForward``).
 
     ``x``: 4D CUDA float32/float16/bfloat16 tensor, contiguous NCHW, ``torch.channels_last``, or
     the channels-last view ``buffer[..., :C].permute(0, 3, 1, 2)`` of an N x H x W x P buffer
@@ -231,8 +231,8 @@ def eca_forward_single_launch(x: torch.Tensor, weight: torch.Tensor, pad_mode: s
     with torch.cuda.device(x.device):
         status = lib.ecaForwardSingleLaunchC(
             n, c, h, w, taps.numel(), PAD_MODE_CODES[pad_mode], DTYPE_CODES[x.dtype], launch.channels_per_block,
-            launch.grid[0], launch.block[0], launch.shared_mem_bytes, x.data_ptr(), taps.data_ptr(), y.data_ptr(),
-            torch.cuda.current_stream(x.device).cuda_stream)
+            launch.grid[0], launch.block[0], launch.shared_mem_bytes, launch.lanes_per_plane, x.data_ptr(),
+            taps.data_ptr(), y.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream)
     _check_status(lib, status, "ecaForwardSingleLaunch")
     return y
 

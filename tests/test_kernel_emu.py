@@ -38,7 +38,9 @@ from kernel_emu.cases import (
     shared_limit_cases,
     single_launch,
 )
-from kernel_emu.runner import failures, run_cases, summary
+from kernel_emu.runner import Launch, failures, run_cases, summary
+
+from eca_deploy.tensorrt.nvrtc import MAX_DYNAMIC_SHARED_BYTES, single_launch_params
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 
@@ -139,11 +141,38 @@ def test_single_launch_runs_every_power_of_two_block(checked: Build):
 
 def test_single_launch_leaves_room_for_its_static_shared_memory(checked: Build):
     """single_launch_params may ask for the whole 48 KiB of dynamic shared memory, but the kernel's own
-    scratch (static shared memory) counts against the same 48 KiB: k = 4097 on 8192 channels of 23 x 23
-    (plane groups of 64 threads use the scratch)."""
-    case = Case(1, 8192, 23, 23, 4097, entry="single")
-    outcomes = run_cases(checked, [replace(case, single=single_launch(case))], orders=ORDERS[:1])
+    scratch (static shared memory) counts against the same 48 KiB: k = 6141 taps and a window of all 6139 channels
+    of 23 x 23 take 48 KiB less 32 bytes (plane groups of 64 threads use the scratch)."""
+    case = Case(1, 6139, 23, 23, 6141, entry="single")
+    launch = single_launch(case, block=256, lanes=64)
+    assert launch.shared == single_launch_params(1, 6139, 23, 23, 6141).shared_mem_bytes == MAX_DYNAMIC_SHARED_BYTES
+    outcomes = run_cases(checked, [replace(case, single=launch)], orders=ORDERS[:1])
     assert all(o.passed for o in outcomes), failures(outcomes)
+
+
+#: Shapes of ResNet-50 and MobileNetV2 layers (fewer channels), a k > C and a window too wide for one launch.
+FORWARD_SHAPES = [(1, 64, 14, 14, 5, "fp16"), (2, 160, 7, 7, 3, "fp32"), (1, 24, 28, 28, 1, "bf16"),
+                  (3, 17, 5, 5, 35, "fp16"), (1, 96, 14, 14, 1, "fp32")]
+
+
+def test_forward_runs_nchw_in_the_one_launch_the_aot_path_gives_tensorrt(checked: Build):
+    """ecaForward's plan (ecaKernel.cu) and single_launch_params (Python, for TensorRT's AOT plugin) are one policy
+    in two languages: ecaForward must make exactly that launch."""
+    outcomes = run_cases(checked, [Case(n, c, h, w, k, dtype=dtype) for n, c, h, w, k, dtype in FORWARD_SHAPES],
+                         orders=ORDERS[:1])
+    assert all(o.passed for o in outcomes), failures(outcomes)
+    for outcome in outcomes:
+        case = outcome.case
+        params = single_launch_params(case.n, case.c, case.h, case.w, case.k, case.dtype)
+        assert outcome.launches == (Launch(params.kernel_name, params.grid, params.block[0], params.shared_mem_bytes),)
+
+
+def test_forward_takes_two_launches_where_one_block_cannot_hold_the_window(checked: Build):
+    """k = 601 on 300 channels: every gate reads every channel, more than a block's 256 plane groups."""
+    (outcome,) = run_cases(checked, [Case(2, 300, 5, 5, 601)], orders=ORDERS[:1])
+    assert outcome.passed, failures([outcome])
+    assert [launch.kernel.split("<")[0] for launch in outcome.launches] == [
+        "eca::kernels::ecaPlaneSumsNchw", "eca::kernels::ecaGateNchw"]
 
 
 def test_channels_last_window_beyond_the_device_limit_still_runs(checked: Build):

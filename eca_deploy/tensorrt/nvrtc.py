@@ -35,15 +35,23 @@ SINGLE_LAUNCH_KERNELS = {
 }
 PAD_MODE_CODES = {"constant": 0, "wrap": 1}  # eca::PadMode in ecaKernel.h
 
-BLOCK_THREADS = 256  # the kernels' __launch_bounds__ (kMaxBlockThreads); a power of two, as the kernel needs
+BLOCK_THREADS = 256  # the kernels' __launch_bounds__ (kMaxBlockThreads): the largest block
+WARP_SIZE = 32  # the smallest block
+VECTOR_BYTES = 16  # the kernel's vector accesses (kVectorBytes)
+HELD_VECTORS = 16  # vectors of its plane a lane keeps in registers (kHeldVectors)
+LANE_ELEMENTS = 16  # elements of its plane a lane aims to read (ecaKernel.cu's kSingleLaneElements) ...
+LANE_ACCESSES = 4  # ... in at most this many accesses (kSingleLaneAccesses)
+TARGET_BLOCKS = 256  # blocks per sample the grid aims for (ecaKernel.cu's kSingleTargetBlocks)
 MAX_SHARED_BYTES = 48 * 1024  # static + dynamic shared memory available without an opt-in attribute
-STATIC_SHARED_BYTES = BLOCK_THREADS // 32 * 4  # the kernel's own scratch: kReduceScratchFloats floats
+STATIC_SHARED_BYTES = BLOCK_THREADS // WARP_SIZE * 4  # the kernel's own scratch: kReduceScratchFloats floats
 MAX_DYNAMIC_SHARED_BYTES = MAX_SHARED_BYTES - STATIC_SHARED_BYTES
-TARGET_BLOCK_ELEMENTS = 4096  # elements a block should gate at least, when the map is small
-INT32_MAX = 2**31 - 1  # CUDA's grid.x limit, and the kernel's int plane size
+INT32_MAX = 2**31 - 1  # the kernel's int plane size
+MAX_GRID_Y = 65535  # CUDA's grid.y limit: the samples of one launch
+ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 _NVRTC_NAME = re.compile(r"^libnvrtc\.so(\.\d+)*$|^nvrtc64_\d+(_0)?\.dll$")
+_BUILTINS_PATTERN = "libnvrtc-builtins.so.*"  # not the .alt variant
 _ARCH = re.compile(r"^(?:sm_|compute_)?(\d{2,3}[af]?)$")
 _NVRTC_SUCCESS = 0
 
@@ -68,9 +76,9 @@ class SingleLaunchParams:
     """Launch shape of the single-launch kernel and the int32 scalars it takes.
 
     The kernel's arguments follow TensorRT's AOT convention: ``x, weight`` (inputs), then
-    ``extra_args`` = (N, C, H*W, k, pad-mode code, channels_per_block), then ``y`` (output).
-    ``channels_per_block`` depends on C, H, W, k and dtype only, so with a dynamic batch
-    ``grid[0] = channel_tiles * N`` stays a product of a constant and the batch size.
+    ``extra_args`` = (C, H*W, k, pad-mode code, channels_per_block, lanes_per_plane), then ``y`` (output).
+    The grid is (channel_tiles, N, 1); everything else depends on C, H, W, k and dtype only, so a dynamic batch
+    only sets ``grid[1]``.
     """
 
     kernel_name: str
@@ -78,25 +86,52 @@ class SingleLaunchParams:
     block: tuple[int, int, int]
     shared_mem_bytes: int
     channels_per_block: int
+    lanes_per_plane: int
     channel_tiles: int
     extra_args: tuple[int, ...]
 
 
+def _next_pow2(value: int) -> int:
+    return 1 << max(value - 1, 0).bit_length()
+
+
+def plan_single_launch(c: int, hw: int, k: int, dtype: object = "float32") -> tuple[int, int, int]:
+    """(channels per block, lanes per plane, threads per block) of the single-launch kernel: ecaKernel.cu's
+    ``planSingleLaunch``, which ecaForward uses for NCHW (the emulator tests check that the two agree).
+
+    A lane group per plane of the block's channel window (its tile and the k - 1 halo channels): lanes enough for
+    LANE_ELEMENTS elements each in at most LANE_ACCESSES accesses, a tile of at least k - 1 channels and more while a sample would get more than
+    TARGET_BLOCKS blocks. Over BLOCK_THREADS threads: halve the lanes while they still hold their vectors, then the
+    tile down to one channel, then the lanes, then the groups (windows read in several passes); then grow the tile
+    to use every group and the lanes to make at least a warp.
+    """
+    halo = k - 1
+    vector = VECTOR_BYTES // ELEMENT_BYTES[_dtype_name(dtype)]
+    access = next(width for width in (vector, vector // 2, 1) if hw % width == 0)  # 16-, 8-byte packs or elements
+    vectors = hw // access
+    per_lane = min(max(LANE_ELEMENTS // access, 1), LANE_ACCESSES)
+    wanted = max(halo, 1, c // TARGET_BLOCKS)
+    holding = _next_pow2(-(-vectors // HELD_VECTORS))
+    fewest = _next_pow2(min(halo + 1, c))
+    lanes = min(_next_pow2(-(-vectors // per_lane)), BLOCK_THREADS)
+    groups = min(_next_pow2(min(wanted + halo, c)), BLOCK_THREADS)
+    while lanes * groups > BLOCK_THREADS:
+        if lanes > holding:
+            lanes //= 2
+        elif groups > fewest:
+            groups //= 2
+        elif lanes > 1:
+            lanes //= 2
+        else:
+            groups //= 2
+    lanes = max(lanes, WARP_SIZE // groups)
+    tile = groups - halo if groups > halo else max(halo, 1)
+    return (c if tile + halo >= c else tile), lanes, lanes * groups
+
+
 def _shared_bytes(channels_per_block: int, c: int, k: int) -> int:
-    """Dynamic shared memory: the channel window's means plus the tile's gates, in float32."""
-    return (min(channels_per_block + k - 1, c) + channels_per_block) * 4
-
-
-def channels_per_block(c: int, h: int, w: int, k: int) -> int:
-    """Channels of one sample a block gates: enough for TARGET_BLOCK_ELEMENTS, at least k - 1 so the
-    halo means a block recomputes cost at most as much as its own, within MAX_DYNAMIC_SHARED_BYTES."""
-    wanted = min(max(math.ceil(TARGET_BLOCK_ELEMENTS / (h * w)), k - 1, 1), c)
-    limit = MAX_DYNAMIC_SHARED_BYTES // 4
-    fitting = max((limit - (k - 1)) // 2, limit - c)  # largest tile whose window and gates fit
-    if fitting < 1:
-        raise EcaDeployError(f"kernel size {k} with {c} channels needs more shared memory than the "
-                             f"single-launch kernel may use ({MAX_DYNAMIC_SHARED_BYTES} bytes)")
-    return min(wanted, fitting)
+    """Dynamic shared memory: the taps and the channel window's means, in float32."""
+    return (k + min(channels_per_block + k - 1, c)) * 4
 
 
 def single_launch_params(n: int, c: int, h: int, w: int, k: int, dtype: object = "float32",
@@ -116,18 +151,23 @@ def single_launch_params(n: int, c: int, h: int, w: int, k: int, dtype: object =
     n, c, h, w, k = (int(v) for v in (n, c, h, w, k))
     if h * w > INT32_MAX:
         raise EcaDeployError(f"H * W = {h * w} exceeds the single-launch kernel's int32 plane size")
-    per_block = channels_per_block(c, h, w, k)
+    per_block, lanes, threads = plan_single_launch(c, h * w, k, dtype)
+    shared = _shared_bytes(per_block, c, k)
+    if shared > MAX_DYNAMIC_SHARED_BYTES:
+        raise EcaDeployError(f"kernel size {k} with {c} channels needs more shared memory than the "
+                             f"single-launch kernel may use ({MAX_DYNAMIC_SHARED_BYTES} bytes)")
+    if n > MAX_GRID_Y:
+        raise EcaDeployError(f"batch {n} exceeds the single-launch grid's {MAX_GRID_Y} samples (CUDA's grid.y limit)")
     tiles = math.ceil(c / per_block)
-    if tiles * n > INT32_MAX:
-        raise EcaDeployError(f"{tiles * n} blocks exceed the CUDA grid limit")
     return SingleLaunchParams(
         kernel_name=SINGLE_LAUNCH_KERNELS[_dtype_name(dtype)],
-        grid=(tiles * n, 1, 1),
-        block=(BLOCK_THREADS, 1, 1),
-        shared_mem_bytes=_shared_bytes(per_block, c, k),
+        grid=(tiles, n, 1),
+        block=(threads, 1, 1),
+        shared_mem_bytes=shared,
         channels_per_block=per_block,
+        lanes_per_plane=lanes,
         channel_tiles=tiles,
-        extra_args=(n, c, h * w, k, PAD_MODE_CODES[pad_mode], per_block),
+        extra_args=(c, h * w, k, PAD_MODE_CODES[pad_mode], per_block, lanes),
     )
 
 
@@ -183,6 +223,10 @@ class Nvrtc:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
+            # NVRTC dlopen()s its builtins library by name at compile time, which finds the wheel's copy beside it
+            # only if a process (PyTorch, say) loaded it already: load it first.
+            for builtins in sorted(path.parent.glob(_BUILTINS_PATTERN)):
+                ctypes.CDLL(str(builtins), mode=ctypes.RTLD_GLOBAL)
             lib = ctypes.CDLL(str(path))
         except OSError as error:
             raise EcaDeployError(f"cannot load NVRTC from {path}: {error}") from error

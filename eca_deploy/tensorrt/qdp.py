@@ -93,11 +93,11 @@ def register_aot_plugin(ptx_arch: str = DEFAULT_PTX_ARCH) -> str:
         dtype = "float16" if x.dtype == trt.float16 else "float32"
         params = single_launch_params(1, channels, height, width, int(kernel_size[0]), dtype, attribute_text(pad_mode))
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = batch * params.channel_tiles
+        launch.grid_x = params.channel_tiles
+        launch.grid_y = batch
         launch.block_x = params.block[0]
         launch.shared_mem = params.shared_mem_bytes
-        _, *constants = params.extra_args  # (N, C, H*W, k, pad code, channels per block)
-        extra_args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(batch), *(trtp.SymInt32(v) for v in constants)])
+        extra_args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in params.extra_args])  # batch-free
         return params.kernel_name, ptx, launch, extra_args
 
     return plugin_id()

@@ -45,14 +45,15 @@ int ecaForwardC(int n, int c, int h, int w, int kernelSize, int padMode, int dat
 
 //! eca::ecaForwardSingleLaunch (NCHW) with the launch shape the caller computed.
 int ecaForwardSingleLaunchC(int n, int c, int h, int w, int kernelSize, int padMode, int dataType,
-    int channelsPerBlock, int gridX, int blockX, int sharedBytes, void const* x, void const* weight, void* y,
-    void* stream)
+    int channelsPerBlock, int gridX, int blockX, int sharedBytes, int lanesPerPlane, void const* x, void const* weight,
+    void* y, void* stream)
 {
     eca::SingleLaunchConfig config;
     config.channelsPerBlock = channelsPerBlock;
     config.gridX = gridX;
     config.blockX = blockX;
     config.sharedBytes = sharedBytes;
+    config.lanesPerPlane = lanesPerPlane;
     return static_cast<int>(eca::ecaForwardSingleLaunch(
         makeParams(n, c, h, w, kernelSize, padMode, dataType, static_cast<int>(eca::Layout::kNCHW), 0), config, x,
         weight, y, static_cast<cudaStream_t>(stream)));

@@ -2,13 +2,15 @@
  * Host side of the fused ECA kernel (ecaKernel.h): validation, launch planning and dispatch. The
  * device code lives in ecaKernels.cuh, which NVRTC compiles too.
  *
- * ecaForward runs two kernels on the caller's stream:
+ * ecaForward runs, on the caller's stream, for NCHW the single-launch kernel (ecaKernels.cuh: each block reads its
+ * channel tile and the halo channels once, keeps its tile in registers, and scales it) where planSingleLaunch's plan
+ * holds every plane in one pass of registers and fits shared memory; otherwise two kernels:
  *   1. sums:  FP32 sum of every (n, c) plane, optionally split into `splits` partial sums so that
  *             few large planes still fill the GPU; written to the workspace, no atomics.
  *   2. gate:  each block turns the sums of the channels its gates read (its channels and their
  *             (k-1)/2 neighbours on each side) into gates in shared memory, then scales its part
  *             of x into y: a contiguous chunk in NCHW, a channel tile x pixel rows in channels-last.
- * The plan (splits, segment lengths, block shapes) depends only on the parameters and on whether
+ * The plan (path, splits, segment lengths, block shapes) depends only on the parameters and on whether
  * x and y are 16-byte aligned, never on the device, so results are bitwise reproducible. Every launch
  * fits the 48 KiB of shared memory any device grants without an opt-in (the channels-last gate reads the
  * sums from global memory when its channel window would not fit), so no launch can fail for resources
@@ -49,6 +51,15 @@ constexpr index_t kGateRowsPerSplit = 8;
 constexpr index_t kMaxPartialSums = 32 * 1024;
 constexpr size_t kWorkspaceAlignment = 256;
 constexpr index_t kMaxDefaultSharedBytes = 48 * 1024; //!< static + dynamic shared memory without an opt-in
+constexpr index_t kMaxGridY = 65535;                  //!< CUDA's limit of gridDim.y (the single launch's samples)
+//! Single launch: elements of its plane a lane aims to read, in at most kSingleLaneAccesses accesses (fewer lanes per
+//! plane hold more, up to kernels::kHeldVectors accesses).
+constexpr index_t kSingleLaneElements = 16;
+constexpr index_t kSingleLaneAccesses = 4;
+//! Single launch: blocks per sample the grid aims for; with more channels a block takes more of them, so that its halo
+//! planes (read by its neighbours too) cost less. Per sample, so that the batch only scales the grid (TensorRT's
+//! AOT launch shape is fixed while the batch is dynamic).
+constexpr index_t kSingleTargetBlocks = 256;
 
 size_t elementSize(DataType type)
 {
@@ -144,6 +155,74 @@ SplitPlan planSplits(EcaParams const& p)
     return SplitPlan{static_cast<int>(ceilDiv(hw, segment)), segment};
 }
 
+//! Elements per access of the single-launch kernel: a 16-byte vector where planes are whole vectors, else an 8-byte
+//! one, else one (the kernel takes narrower ones where x or y is not aligned to them, a case no plan is made for).
+int singleLaunchAccessWidth(EcaParams const& p)
+{
+    index_t const hw = planeSize(p);
+    int const vec = vectorWidth(p.dataType);
+    return hw % vec == 0 ? vec : hw % (vec / 2) == 0 ? vec / 2 : 1;
+}
+
+index_t singleLaunchAccesses(EcaParams const& p)
+{
+    return planeSize(p) / singleLaunchAccessWidth(p);
+}
+
+//! The single-launch kernel's launch shape for NCHW p; eca_deploy.tensorrt.nvrtc.single_launch_params computes the
+//! same. The block has a lane group per plane of its channel window (its tile of channels and the k - 1 halo
+//! channels): lanes enough for kSingleLaneElements elements each (at most kSingleLaneAccesses accesses), a tile of at
+//! least k - 1 channels (so that it reads
+//! fewer halo planes than its own) and larger while a sample would get more than kSingleTargetBlocks. Over kBlockThreads
+//! threads it halves the lanes while they still hold their vectors, then the tile down to one channel, then the
+//! lanes again (their planes are read twice), then the groups (windows in several passes); it grows the tile to use
+//! every group and the lanes to make at least a warp.
+SingleLaunchConfig planSingleLaunch(EcaParams const& p)
+{
+    index_t const halo = p.kernelSize - 1;
+    index_t const vectors = singleLaunchAccesses(p);
+    index_t const wanted = maxOf(maxOf<index_t>(halo, 1), p.c / kSingleTargetBlocks);
+    int const holding = nextPow2(ceilDiv(vectors, kernels::kHeldVectors));
+    int const fewest = nextPow2(minOf<index_t>(halo + 1, p.c));
+    index_t const perLane
+        = minOf(maxOf<index_t>(kSingleLaneElements / singleLaunchAccessWidth(p), 1), kSingleLaneAccesses);
+    int lanes = minOf(nextPow2(ceilDiv(vectors, perLane)), kBlockThreads);
+    int groups = minOf(nextPow2(minOf<index_t>(wanted + halo, p.c)), kBlockThreads);
+    while (lanes * groups > kBlockThreads)
+    {
+        if (lanes > holding)
+        {
+            lanes /= 2;
+        }
+        else if (groups > fewest)
+        {
+            groups /= 2;
+        }
+        else if (lanes > 1)
+        {
+            lanes /= 2;
+        }
+        else
+        {
+            groups /= 2;
+        }
+    }
+    lanes = maxOf(lanes, kernels::kWarpSize / groups);
+    index_t tile = groups > halo ? groups - halo : maxOf<index_t>(halo, 1);
+    if (tile + halo >= p.c)
+    {
+        tile = p.c;
+    }
+    SingleLaunchConfig config;
+    config.channelsPerBlock = static_cast<int32_t>(tile);
+    config.gridX = static_cast<int32_t>(ceilDiv(p.c, tile));
+    config.blockX = lanes * groups;
+    config.sharedBytes = static_cast<int32_t>(
+        (p.kernelSize + minOf<index_t>(tile + halo, p.c)) * static_cast<index_t>(sizeof(float)));
+    config.lanesPerPlane = lanes;
+    return config;
+}
+
 unsigned gridSize(index_t blocks)
 {
     return static_cast<unsigned>(minOf<index_t>(maxOf<index_t>(blocks, 1), INT_MAX));
@@ -205,10 +284,129 @@ cudaError_t launchGate(EcaParams const& p, SplitPlan const& plan, T const* x, T 
     return cudaGetLastError();
 }
 
+constexpr auto singleLaunchKernel(float)
+{
+    return eca_single_launch_f32;
+}
+
+constexpr auto singleLaunchKernel(__half)
+{
+    return eca_single_launch_f16;
+}
+
+constexpr auto singleLaunchKernel(__nv_bfloat16)
+{
+    return eca_single_launch_bf16;
+}
+
+template <typename T>
+cudaError_t launchSingle(EcaParams const& p, SingleLaunchConfig const& config, T const* x, T const* weight, T* y,
+    cudaStream_t stream)
+{
+    dim3 const grid(config.gridX, p.n);
+    singleLaunchKernel(T{})<<<grid, config.blockX, config.sharedBytes, stream>>>(x, weight, p.c, p.h * p.w,
+        p.kernelSize, static_cast<int>(p.padMode), config.channelsPerBlock, config.lanesPerPlane, y);
+    return cudaGetLastError();
+}
+
+index_t staticSingleLaunchShared()
+{
+    return kernels::kReduceScratchFloats * static_cast<index_t>(sizeof(float));
+}
+
+//! Whether ecaForward runs p in one launch of planSingleLaunch's shape: NCHW, N within CUDA's grid limit, the
+//! whole channel window read in one pass, every lane's share of its plane held in registers, and shared memory within
+//! 48 KiB.
+bool singleLaunchFits(EcaParams const& p, SingleLaunchConfig const& config)
+{
+    index_t const hw = planeSize(p);
+    index_t const groups = config.blockX / config.lanesPerPlane;
+    index_t const window = minOf<index_t>(static_cast<index_t>(config.channelsPerBlock) + p.kernelSize - 1, p.c);
+    index_t const vectors = singleLaunchAccesses(p);
+    return p.layout == Layout::kNCHW && hw <= INT_MAX && p.n <= kMaxGridY && window <= groups && vectors <= static_cast<index_t>(config.lanesPerPlane) * kernels::kHeldVectors
+        && config.sharedBytes + staticSingleLaunchShared() <= kMaxDefaultSharedBytes;
+}
+
+//! Launch shape of the channels-last single launch (ecaSingleLaunchChannelsLast): tiles of `tile` channel vectors
+//! of `vec` channels with `halo` vectors on each side, `lanes` lanes per vector of the window.
+struct ChannelsLastPlan
+{
+    int vec;
+    int tile;
+    int halo;
+    int lanes;
+    int threads;
+    index_t sharedBytes;
+};
+
+//! As planSingleLaunch for planes: lanes enough for kSingleLaneAccesses pixels each, a tile of at least twice the
+//! halo (so its halo reads at most double its own) and more while a sample would get more than kSingleTargetBlocks
+//! blocks; over kBlockThreads threads it halves the lanes while they still hold their pixels, then the tile.
+ChannelsLastPlan planChannelsLastSingle(EcaParams const& p, int vec)
+{
+    index_t const hw = planeSize(p);
+    int const halo = static_cast<int>(ceilDiv((p.kernelSize - 1) / 2, vec));
+    index_t const rowPacks = pixelStrideOf(p) / vec;
+    int const holding = nextPow2(ceilDiv(hw, kernels::kHeldVectors));
+    int lanes = minOf(nextPow2(ceilDiv(hw, kSingleLaneAccesses)), kBlockThreads);
+    index_t tile = minOf(maxOf<index_t>(maxOf(2 * halo, 1), rowPacks / kSingleTargetBlocks), rowPacks);
+    while ((tile + 2 * halo) * lanes > kBlockThreads && lanes > holding)
+    {
+        lanes /= 2;
+    }
+    while ((tile + 2 * halo) * lanes > kBlockThreads && tile > 1)
+    {
+        tile = ceilDiv(tile, 2);
+    }
+    index_t const window = tile + 2 * halo;
+    index_t const threads = window * lanes;
+    index_t const shared = (p.kernelSize + window * vec + threads * vec) * static_cast<index_t>(sizeof(float));
+    return ChannelsLastPlan{vec, static_cast<int>(tile), halo, lanes, static_cast<int>(minOf<index_t>(threads, INT_MAX)),
+        shared};
+}
+
+//! Whether ecaForward runs channels-last p in one launch: zero padding (the window's halo vectors then hold every
+//! channel a gate reads), a block within kBlockThreads threads whose lanes hold their pixels in registers, shared
+//! memory within 48 KiB, N within the grid's y.
+bool channelsLastSingleFits(EcaParams const& p, ChannelsLastPlan const& plan)
+{
+    return p.padMode == PadMode::kCONSTANT && plan.threads <= kBlockThreads && p.n <= kMaxGridY
+        && planeSize(p) <= static_cast<index_t>(plan.lanes) * kernels::kHeldVectors
+        && plan.sharedBytes <= kMaxDefaultSharedBytes;
+}
+
+template <typename T>
+cudaError_t launchChannelsLastSingle(EcaParams const& p, ChannelsLastPlan const& plan, T const* x, T const* weight,
+    T* y, cudaStream_t stream)
+{
+    auto const kernel = plan.vec > 1 ? kernels::ecaSingleLaunchChannelsLast<T, kernels::kVec<T>>
+                                     : kernels::ecaSingleLaunchChannelsLast<T, 1>;
+    dim3 const grid(static_cast<unsigned>(ceilDiv(pixelStrideOf(p) / plan.vec, plan.tile)), p.n);
+    kernel<<<grid, plan.threads, plan.sharedBytes, stream>>>(x, weight, y, p.c, p.h * p.w, pixelStrideOf(p),
+        p.kernelSize, plan.tile, plan.halo, plan.lanes);
+    return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t forward(EcaParams const& p, void const* x, void const* weight, void* y, void* workspace,
     cudaStream_t stream)
 {
+    SingleLaunchConfig const single = planSingleLaunch(p);
+    if (singleLaunchFits(p, single))
+    {
+        return launchSingle(p, single, static_cast<T const*>(x), static_cast<T const*>(weight), static_cast<T*>(y),
+            stream);
+    }
+    if (p.layout == Layout::kCHANNELS_LAST)
+    {
+        bool const vectorized = channelsLastVector(p) > 1 && isAligned(x) && isAligned(y);
+        ChannelsLastPlan const plan = planChannelsLastSingle(p, vectorized ? kernels::kVec<T> : 1);
+        if (channelsLastSingleFits(p, plan))
+        {
+            return launchChannelsLastSingle(p, plan, static_cast<T const*>(x), static_cast<T const*>(weight),
+                static_cast<T*>(y), stream);
+        }
+    }
     SplitPlan const plan = planSplits(p);
     float* sums = static_cast<float*>(workspace);
     cudaError_t const status = launchSums(p, plan, static_cast<T const*>(x), sums, stream);
@@ -233,29 +431,14 @@ cudaError_t withStorageType(DataType type, F&& f)
     return cudaErrorInvalidValue;
 }
 
-constexpr auto singleLaunchKernel(float)
-{
-    return eca_single_launch_f32;
-}
-
-constexpr auto singleLaunchKernel(__half)
-{
-    return eca_single_launch_f16;
-}
-
-constexpr auto singleLaunchKernel(__nv_bfloat16)
-{
-    return eca_single_launch_bf16;
-}
-
 bool isPowerOfTwo(int value)
 {
     return value > 0 && (value & (value - 1)) == 0;
 }
 
 //! Whether `config` is the launch shape ecaKernels.cuh's single-launch kernel documents: the block a power of
-//! two (its plane groups must divide it), dynamic shared memory for the channel window and the tile's gates
-//! within 48 KiB beside the kernel's static scratch.
+//! two from a warp to kBlockThreads, lanes per plane a power of two within it (so its plane groups divide it), dynamic
+//! shared memory for the taps and the channel window within 48 KiB beside the kernel's static scratch.
 bool isValidSingleLaunch(EcaParams const& p, SingleLaunchConfig const& config)
 {
     if (p.layout != Layout::kNCHW || planeSize(p) > INT_MAX || config.channelsPerBlock < 1
@@ -264,12 +447,10 @@ bool isValidSingleLaunch(EcaParams const& p, SingleLaunchConfig const& config)
         return false;
     }
     index_t const window = minOf<index_t>(static_cast<index_t>(config.channelsPerBlock) + p.kernelSize - 1, p.c);
-    index_t const shared = (window + config.channelsPerBlock) * static_cast<index_t>(sizeof(float));
-    index_t const grid = ceilDiv(p.c, config.channelsPerBlock) * p.n;
-    index_t const staticShared = kernels::kReduceScratchFloats * static_cast<index_t>(sizeof(float));
-    return config.blockX >= kernels::kWarpSize && config.blockX <= kBlockThreads && isPowerOfTwo(config.blockX)
-        && config.gridX == grid && config.sharedBytes >= shared
-        && config.sharedBytes + staticShared <= kMaxDefaultSharedBytes;
+    index_t const shared = (p.kernelSize + window) * static_cast<index_t>(sizeof(float));
+    return p.n <= kMaxGridY && config.gridX == ceilDiv(p.c, config.channelsPerBlock)
+        && config.blockX >= kernels::kWarpSize && config.blockX <= kBlockThreads && isPowerOfTwo(config.blockX)
+        && isPowerOfTwo(config.lanesPerPlane) && config.lanesPerPlane <= config.blockX && config.sharedBytes >= shared && config.sharedBytes + staticSingleLaunchShared() <= kMaxDefaultSharedBytes;
 }
 
 } // namespace
@@ -306,10 +487,8 @@ cudaError_t ecaForwardSingleLaunch(EcaParams const& params, SingleLaunchConfig c
     }
     return withStorageType(params.dataType, [&](auto tag) {
         using T = decltype(tag);
-        singleLaunchKernel(tag)<<<config.gridX, config.blockX, config.sharedBytes, stream>>>(
-            static_cast<T const*>(x), static_cast<T const*>(weight), params.n, params.c, params.h * params.w,
-            params.kernelSize, static_cast<int>(params.padMode), config.channelsPerBlock, static_cast<T*>(y));
-        return cudaGetLastError();
+        return launchSingle(params, config, static_cast<T const*>(x), static_cast<T const*>(weight), static_cast<T*>(y),
+            stream);
     });
 }
 

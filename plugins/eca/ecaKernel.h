@@ -54,24 +54,26 @@ struct EcaParams
 //! they are invalid. It grows with n * c only: the size for the largest shape serves every smaller one.
 size_t ecaWorkspaceSize(EcaParams const& params) noexcept;
 
-//! Run the fused operator on `stream`: at most two kernel launches, no allocation, deterministic.
+//! Run the fused operator on `stream`: one kernel launch (NCHW, where the single-launch kernel's plan fits) or two,
+//! no allocation, deterministic.
 //! x, weight (k taps) and y are device pointers of params.dataType; y may not alias x.
 //! Returns cudaErrorInvalidValue for invalid params or null pointers, else cudaGetLastError().
 cudaError_t ecaForward(EcaParams const& params, void const* x, void const* weight, void* y, void* workspace,
     cudaStream_t stream) noexcept;
 
-//! Launch shape of the single-launch NCHW kernel (eca_single_launch_{f32,f16,bf16} in ecaKernels.cuh,
-//! the kernel TensorRT's Quickly Deployable Plugin AOT path runs), as computed by
-//! eca_deploy.nvrtc.single_launch_params: grid (gridX, 1, 1), block (blockX, 1, 1).
+//! Launch shape of the single-launch NCHW kernel (eca_single_launch_{f32,f16,bf16} in ecaKernels.cuh, the kernel
+//! TensorRT's Quickly Deployable Plugin AOT path runs and ecaForward runs where it fits), as computed by
+//! eca_deploy.tensorrt.nvrtc.single_launch_params: grid (gridX, N, 1), block (blockX, 1, 1).
 struct SingleLaunchConfig
 {
     int32_t channelsPerBlock{0}; //!< channels of one sample that one block gates
-    int32_t gridX{0};            //!< ceil(C / channelsPerBlock) * N
+    int32_t gridX{0};            //!< ceil(C / channelsPerBlock); the grid's y is the batch N (at most 65535)
     int32_t blockX{0};           //!< a power of two from 32 to 256
-    int32_t sharedBytes{0};      //!< (min(channelsPerBlock + k - 1, C) + channelsPerBlock) * 4, at most 48 KiB - 32
+    int32_t sharedBytes{0};      //!< (k + min(channelsPerBlock + k - 1, C)) * 4, at most 48 KiB - 32
+    int32_t lanesPerPlane{0};    //!< threads that read one plane together: a power of two, at most blockX
 };
 
-//! Run the fused operator as one kernel launch without workspace (NCHW only, H * W < 2^31), with the
+//! Run the fused operator as one kernel launch without workspace (NCHW only, H * W < 2^31, N <= 65535), with the
 //! given launch shape; checks the shape, so it also validates what the Python side computes for QDP.
 cudaError_t ecaForwardSingleLaunch(EcaParams const& params, SingleLaunchConfig const& config, void const* x,
     void const* weight, void* y, cudaStream_t stream) noexcept;

@@ -36,6 +36,8 @@ inline constexpr int kVectorBytes = 16;      //!< width of vector loads and stor
 inline constexpr int kMaxBlockThreads = 256; //!< every kernel here runs with at most this many threads
 inline constexpr int kTileRowBytes = 128;    //!< bytes of a pixel row one channels-last block covers
 inline constexpr int kVecsPerThread = 4;     //!< 16-byte vectors a thread of a plane group aims to load
+//! 16-byte vectors of its plane a lane of the single-launch kernel keeps in registers between reading and scaling
+inline constexpr int kHeldVectors = 16;
 //! Floats of groupReduce's scratch: the static shared memory of the kernels that reduce planes.
 inline constexpr int kReduceScratchFloats = kMaxBlockThreads / kWarpSize;
 
@@ -129,10 +131,10 @@ inline constexpr int kVec = kVectorBytes / static_cast<int>(sizeof(T));
 
 //! Elements before `p` reaches a 16-byte boundary (0 when aligned).
 template <typename T>
-__device__ __forceinline__ index_t elementsToAlignment(T const* p)
+__device__ __forceinline__ int elementsToAlignment(T const* p)
 {
-    unsigned const offset = static_cast<unsigned>(reinterpret_cast<unsigned long long>(p) % kVectorBytes);
-    return offset == 0 ? 0 : static_cast<index_t>((kVectorBytes - offset) / sizeof(T));
+    int const offset = static_cast<int>(reinterpret_cast<unsigned long long>(p) % kVectorBytes);
+    return offset == 0 ? 0 : (kVectorBytes - offset) / static_cast<int>(sizeof(T));
 }
 
 //! This thread's share of sum(p[0:len]) for `lanes` cooperating threads: scalar head up to the
@@ -141,7 +143,7 @@ template <typename T>
 __device__ __forceinline__ float sumSpan(T const* __restrict__ p, index_t len, int lane, int lanes)
 {
     constexpr int V = kVec<T>;
-    index_t const head = minOf(len, elementsToAlignment(p));
+    index_t const head = minOf<index_t>(len, elementsToAlignment(p));
     index_t const vecs = (len - head) / V;
     index_t const tail = head + vecs * V;
     float acc = 0.f;
@@ -166,17 +168,16 @@ __device__ __forceinline__ float sumSpan(T const* __restrict__ p, index_t len, i
     return acc;
 }
 
-//! Sum of `v` over aligned groups of `groupSize` threads (a power of two, 32 <= groupSize <= blockDim.x);
-//! every thread of a group gets the same bits. All threads of the block must call it together.
-//! `scratch` holds one float per warp.
+//! Sum of `v` over aligned groups of `groupSize` threads (a power of two, 1 <= groupSize <= blockDim.x, and
+//! blockDim.x a multiple of 32); every thread of a group gets the same bits. All threads of the block must call it
+//! together. `scratch` holds one float per warp.
 __device__ __forceinline__ float groupReduce(float v, int groupSize, float* scratch)
 {
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset >>= 1)
+    for (int offset = minOf(groupSize, kWarpSize) / 2; offset > 0; offset >>= 1)
     {
         v += __shfl_xor_sync(0xffffffffu, v, offset);
     }
-    if (groupSize == kWarpSize)
+    if (groupSize <= kWarpSize)
     {
         return v;
     }
@@ -197,7 +198,8 @@ __device__ __forceinline__ float groupReduce(float v, int groupSize, float* scra
     return total;
 }
 
-//! sigmoid(sum_j w[j] * meanAt(channel of tap j)) for channel c; meanAt receives a channel in [0, C).
+//! sigmoid(sum_j w[j] * meanAt(channel of tap j)) for channel c; meanAt receives a channel in [0, C). The taps
+//! are the layer's weight (storage type T) or a float copy of them.
 template <typename T, typename MeanAt>
 __device__ __forceinline__ float channelGate(T const* __restrict__ weight, int kernelSize, int c, int channels,
     int padMode, MeanAt meanAt)
@@ -249,12 +251,12 @@ __device__ __forceinline__ int windowChannel(ChannelWindow window, int i, int ch
     return wrapIndex(ch, channels);
 }
 
-//! Gate of channel c from the window means (shared memory) of its tile.
-template <typename T>
-__device__ __forceinline__ float windowGate(T const* __restrict__ weight, int kernelSize, int c, int channels,
+//! Gate of channel c from the window means (shared memory) of its tile and the taps (weight or a float copy).
+template <typename Tap>
+__device__ __forceinline__ float windowGate(Tap const* __restrict__ taps, int kernelSize, int c, int channels,
     int padMode, ChannelWindow window, float const* means)
 {
-    return channelGate(weight, kernelSize, c, channels, padMode,
+    return channelGate(taps, kernelSize, c, channels, padMode,
         [&](int ch) { return means[wrapIndex(ch - window.first, channels)]; });
 }
 
@@ -305,8 +307,8 @@ __device__ __forceinline__ void scaleSpan(T const* __restrict__ x, T* __restrict
     index_t hw, float const* gates, int tid, int threads)
 {
     constexpr int V = kVec<T>;
-    index_t const head = minOf(len, elementsToAlignment(x));
-    if (head != minOf(len, elementsToAlignment(y)))
+    index_t const head = minOf<index_t>(len, elementsToAlignment(x));
+    if (head != minOf<index_t>(len, elementsToAlignment(y)))
     {
         scaleRun<T, 1>(x, y, len, pos0, hw, gates, tid, threads);
         return;
@@ -371,7 +373,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) ecaChannelSumsNhwc(T const* 
     float* mine = partial + (ty * blockDim.x + tx) * V;
     for (index_t b = blockIdx.x; b < items; b += gridDim.x)
     {
-        int const split = static_cast<int>(b % splits);
+        index_t const split = b % splits; // not int: GPGPU-Sim drops the 64-bit immediate nvcc adds to widen int + 1
         index_t const rest = b / splits;
         int const tile = static_cast<int>(rest % tiles);
         index_t const n = rest / tiles;
@@ -556,58 +558,402 @@ __global__ void __launch_bounds__(kMaxBlockThreads) ecaGateNhwc(T const* __restr
 }
 
 /*
- * Single-launch path (TensorRT Quickly Deployable Plugin AOT: one kernel, one launch, no workspace).
+ * Single-launch path: one kernel, one launch, no workspace. ecaForward runs it for NCHW whenever its plan fits
+ * (planSingleLaunch in ecaKernel.cu), and TensorRT's Quickly Deployable Plugin AOT path runs it alone.
  *
- * Launch shape (eca_deploy.nvrtc.single_launch_params computes it):
- *   grid  = (ceil(C / channelsPerBlock) * N, 1, 1)   block b: sample b / tiles, channel tile b % tiles
- *   block = (threads, 1, 1), threads a power of two from 32 to kMaxBlockThreads (so that the plane
- *           groups, a power of two each, divide it: groupReduce needs every group whole)
- *   dynamic shared memory = (min(channelsPerBlock + k - 1, C) + channelsPerBlock) * sizeof(float), at
- *           most 48 KiB less the kernel's own kReduceScratchFloats floats of static shared memory
- * Each block recomputes the means of its channel tile plus the (k-1)/2 halo channels on each side
- * (or of all C channels when that window covers them), then gates and scales its tile. A smaller
- * grid is also correct: blocks stride over the tiles.
+ * Launch shape (ecaKernel.cu's planSingleLaunch and eca_deploy.tensorrt.nvrtc.single_launch_params compute it):
+ *   grid  = (ceil(C / channelsPerBlock), N, 1)        block (t, n): channel tile t of sample n
+ *   block = (threads, 1, 1), threads a power of two from 32 to kMaxBlockThreads, split into groups of
+ *           lanesPerPlane threads (a power of two, at most threads): group g reads plane g of the tile's window
+ *   dynamic shared memory = (k + min(channelsPerBlock + k - 1, C)) * sizeof(float) (the taps, then the window's
+ *           means), at most 48 KiB less the kernel's own kReduceScratchFloats floats of static shared memory
+ * Each block reads the planes of its channel tile plus the (k-1)/2 halo channels on each side (or all C channels when
+ * that window covers them), one plane per lane group, each lane keeping its share in registers (up to kHeldVectors
+ * accesses); it reduces them to means in shared memory, then every lane of a tile channel's group computes that
+ * channel's gate and scales its share of the plane from its registers. x is read from DRAM about once (the halo
+ * planes are the neighbouring tiles' own, read at the same time) and y written once. A window larger than the
+ * groups is read in several passes and the tile read again to scale it. Accesses are 16-byte vectors when every
+ * plane starts on a 16-byte boundary in x and y, else 8-byte ones (planes of 14 x 14 halves), else single elements
+ * (planes of 7 x 7).
+ *
+ * At batch 1 a block has a warp or two and an SM one block or two, so nothing hides latency: the time is the
+ * number of instructions one thread runs one after the other. Hence a 2D grid (no division for the tile), shifts
+ * for the power-of-two lanes, no head or tail elements, the taps' load issued before x's, pairwise sums, the fast
+ * exponential.
  */
-template <typename T>
-__device__ void singleLaunchNchw(T const* __restrict__ x, T const* __restrict__ weight, int samples, int channels,
-    int hw, int kernelSize, int padMode, int channelsPerBlock, T* __restrict__ y)
+
+//! One lane's share of a plane: of `lanes` lanes, lane l takes accesses l, l + lanes, ...; the first kHeldVectors of
+//! them stay here between reading and scaling.
+template <typename T, int V>
+struct PlaneShare
 {
-    extern __shared__ float means[];
-    __shared__ float scratch[kReduceScratchFloats];
-    int const tiles = static_cast<int>(ceilDiv(channels, channelsPerBlock));
-    float* gates = means + minOf(channelsPerBlock + kernelSize - 1, channels);
-    int const groupSize = planeGroupSize(hw, kVec<T>, blockDim.x);
-    int const groupsPerBlock = blockDim.x / groupSize;
-    int const group = threadIdx.x / groupSize;
-    int const lane = threadIdx.x % groupSize;
-    for (index_t b = blockIdx.x; b < static_cast<index_t>(samples) * tiles; b += gridDim.x)
+    Pack<T, V> held[kHeldVectors];
+};
+
+//! Sum of a pack's elements, pairwise (a dependency chain of log2(V) additions, not V).
+template <typename T, int V>
+__device__ __forceinline__ float packSum(Pack<T, V> const& pack)
+{
+    float partial[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e)
     {
-        index_t const n = b / tiles;
-        int const c0 = static_cast<int>(b - n * tiles) * channelsPerBlock;
-        int const tileChannels = minOf(channelsPerBlock, channels - c0);
-        ChannelWindow const window = channelWindow(c0, tileChannels, kernelSize, channels);
-        T const* sample = x + n * channels * hw;
-        for (int base = 0; base < window.count; base += groupsPerBlock)
+        partial[e] = toFloat(pack.v[e]);
+    }
+#pragma unroll
+    for (int width = V / 2; width > 0; width /= 2)
+    {
+#pragma unroll
+        for (int e = 0; e < width; ++e)
         {
-            int const i = base + group;
-            int const ch = i < window.count ? windowChannel(window, i, channels, padMode) : -1;
-            float sum = ch >= 0 ? sumSpan(sample + static_cast<index_t>(ch) * hw, hw, lane, groupSize) : 0.f;
-            sum = groupReduce(sum, groupSize, scratch);
-            if (i < window.count && lane == 0)
-            {
-                means[i] = sum / static_cast<float>(hw);
-            }
+            partial[e] += partial[e + width];
         }
-        __syncthreads();
-        for (int t = threadIdx.x; t < tileChannels; t += blockDim.x)
+    }
+    return partial[0];
+}
+
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> scaled(Pack<T, V> pack, float gate)
+{
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+    {
+        pack.v[e] = fromFloat<T>(toFloat(pack.v[e]) * gate);
+    }
+    return pack;
+}
+
+//! Accesses lane `lane` of 2^laneBits lanes takes of a plane of `count`.
+__device__ __forceinline__ int laneAccesses(int count, int lane, int laneBits)
+{
+    return lane < count ? ((count - 1 - lane) >> laneBits) + 1 : 0;
+}
+
+//! Read this lane's `mine` accesses of a plane (from `plane + lane`, 2^laneBits apart) into `share`, every load issued
+//! before any is used, and return their sum.
+template <typename T, int V>
+__device__ __forceinline__ float readPlane(Pack<T, V> const* __restrict__ plane, int mine, int laneBits,
+    PlaneShare<T, V>& share)
+{
+    Pack<T, V> const* p = plane;
+#pragma unroll
+    for (int r = 0; r < kHeldVectors; ++r)
+    {
+        if (r >= mine)
         {
-            gates[t] = windowGate(weight, kernelSize, c0 + t, channels, padMode, window, means);
+            break;
         }
-        __syncthreads();
-        index_t const offset = (n * channels + c0) * hw;
-        scaleSpan(x + offset, y + offset, static_cast<index_t>(tileChannels) * hw, 0, hw, gates, threadIdx.x,
-            blockDim.x);
-        __syncthreads(); // means and gates are reused by the next tile
+        share.held[r] = *p;
+        p += 1 << laneBits;
+    }
+    float acc = 0.f;
+#pragma unroll
+    for (int r = 0; r < kHeldVectors; ++r)
+    {
+        if (r >= mine)
+        {
+            break;
+        }
+        acc += packSum(share.held[r]);
+    }
+    for (int r = kHeldVectors; r < mine; ++r)
+    {
+        acc += packSum(*p);
+        p += 1 << laneBits;
+    }
+    return acc;
+}
+
+//! out = in * gate for this lane's `mine` accesses of a plane (from `in + lane` and `out + lane`, 2^laneBits apart):
+//! from `share` (readPlane of in), and beyond what it holds from in again.
+template <typename T, int V>
+__device__ __forceinline__ void scalePlane(Pack<T, V> const* __restrict__ in, Pack<T, V>* __restrict__ out, int mine,
+    int laneBits, float gate, PlaneShare<T, V> const& share)
+{
+#pragma unroll
+    for (int r = 0; r < kHeldVectors; ++r)
+    {
+        if (r >= mine)
+        {
+            break;
+        }
+        *out = scaled(share.held[r], gate);
+        out += 1 << laneBits;
+    }
+    in += kHeldVectors << laneBits;
+    for (int r = kHeldVectors; r < mine; ++r)
+    {
+        *out = scaled(*in, gate);
+        in += 1 << laneBits;
+        out += 1 << laneBits;
+    }
+}
+
+//! Sum over aligned groups of 2^laneBits <= 32 lanes, unrolled (groupReduce for groups within a warp).
+__device__ __forceinline__ float warpGroupReduce(float v, int laneBits)
+{
+#pragma unroll
+    for (int bit = 0; bit < 5; ++bit)
+    {
+        if (bit < laneBits)
+        {
+            v += __shfl_xor_sync(0xffffffffu, v, 1 << (laneBits - 1 - bit));
+        }
+    }
+    return v;
+}
+
+//! sigmoid(sum_j taps[j] * means[j]) over k taps in shared memory.
+__device__ __forceinline__ float tapGate(float const* taps, float const* means, int kernelSize)
+{
+    float z = 0.f;
+#pragma unroll 4
+    for (int j = 0; j < kernelSize; ++j)
+    {
+        z += taps[j] * means[j];
+    }
+    return 1.f / (1.f + __expf(-z));
+}
+
+//! The single-launch kernel with accesses of V elements (see above); `tap` is tap threadIdx.x (0 past k), loaded by
+//! the caller first; `scratch` is groupReduce's.
+template <typename T, int V>
+__device__ __forceinline__ void singleLaunchBody(T const* __restrict__ x, T const* __restrict__ weight, int channels,
+    int hw, int kernelSize, int padMode, int channelsPerBlock, int lanesPerPlane, T* __restrict__ y, float tap,
+    float* scratch)
+{
+    extern __shared__ float taps[]; // the k taps as floats, then the means of the tile's channel window
+    int const laneBits = __popc(lanesPerPlane - 1);
+    int const lane = threadIdx.x & (lanesPerPlane - 1);
+    int const group = threadIdx.x >> laneBits;
+    int const groups = blockDim.x >> laneBits;
+    int const c0 = blockIdx.x * channelsPerBlock;
+    int const tileChannels = minOf(channelsPerBlock, channels - c0);
+    int const count = hw / V; // accesses per plane
+    int const mine = laneAccesses(count, lane, laneBits);
+    ChannelWindow const window = channelWindow(c0, tileChannels, kernelSize, channels);
+    index_t const sample = static_cast<index_t>(blockIdx.y) * channels * count + lane;
+    Pack<T, V> const* in = reinterpret_cast<Pack<T, V> const*>(x) + sample;
+    float const inverseHw = 1.f / static_cast<float>(hw);
+    float* means = taps + kernelSize;
+    PlaneShare<T, V> share;
+    for (int base = 0; base < window.count; base += groups)
+    {
+        int const i = base + group;
+        int const ch = i < window.count ? windowChannel(window, i, channels, padMode) : -1;
+        float sum = ch >= 0 ? readPlane(in + static_cast<index_t>(ch) * count, mine, laneBits, share) : 0.f;
+        sum = laneBits <= 5 ? warpGroupReduce(sum, laneBits) : groupReduce(sum, lanesPerPlane, scratch);
+        if (i < window.count && lane == 0)
+        {
+            means[i] = sum * inverseHw;
+        }
+    }
+    if (threadIdx.x < kernelSize)
+    {
+        taps[threadIdx.x] = tap;
+    }
+    for (int j = threadIdx.x + blockDim.x; j < kernelSize; j += blockDim.x)
+    {
+        taps[j] = toFloat(weight[j]);
+    }
+    __syncthreads();
+    // The window is [c0 - halo, c0 + tile + halo) unless it covers every channel: then channel ch's taps read
+    // positions ch - c0 .. ch - c0 + k - 1 (zero padding stored as zero means), else windowGate wraps them.
+    bool const direct = tileChannels + kernelSize - 1 < channels;
+    bool const held = window.count <= groups; // one pass: `share` still holds this group's plane
+    Pack<T, V>* out = reinterpret_cast<Pack<T, V>*>(y) + sample;
+    for (int i = group; i < window.count; i += groups)
+    {
+        int const ch = window.first + i; // a tile channel lies in [0, C): no wrapping
+        if (ch < c0 || ch >= c0 + tileChannels)
+        {
+            continue;
+        }
+        float const gate = direct ? tapGate(taps, means + ch - c0, kernelSize)
+                                  : windowGate(taps, kernelSize, ch, channels, padMode, window, means);
+        index_t const plane = static_cast<index_t>(ch) * count;
+        if (!held)
+        {
+            readPlane(in + plane, mine, laneBits, share);
+        }
+        scalePlane(in + plane, out + plane, mine, laneBits, gate, share);
+    }
+}
+
+//! Whether every plane of x and y is a whole number of aligned packs of V elements.
+template <int V, typename T>
+__device__ __forceinline__ bool planesOfPacks(T const* x, T const* y, int hw)
+{
+    constexpr unsigned long long bytes = V * sizeof(T);
+    return hw % V == 0 && reinterpret_cast<unsigned long long>(x) % bytes == 0
+        && reinterpret_cast<unsigned long long>(y) % bytes == 0;
+}
+
+template <typename T>
+__device__ void singleLaunchNchw(T const* __restrict__ x, T const* __restrict__ weight, int channels, int hw,
+    int kernelSize, int padMode, int channelsPerBlock, int lanesPerPlane, T* __restrict__ y)
+{
+    __shared__ float scratch[kReduceScratchFloats];
+    float const tap = threadIdx.x < kernelSize ? toFloat(weight[threadIdx.x]) : 0.f; // in flight beside x's loads
+    constexpr int V = kVec<T>;
+    if (planesOfPacks<V>(x, y, hw))
+    {
+        singleLaunchBody<T, V>(x, weight, channels, hw, kernelSize, padMode, channelsPerBlock, lanesPerPlane, y, tap,
+            scratch);
+    }
+    else if (planesOfPacks<V / 2>(x, y, hw))
+    {
+        singleLaunchBody<T, V / 2>(x, weight, channels, hw, kernelSize, padMode, channelsPerBlock, lanesPerPlane, y,
+            tap, scratch);
+    }
+    else
+    {
+        singleLaunchBody<T, 1>(x, weight, channels, hw, kernelSize, padMode, channelsPerBlock, lanesPerPlane, y, tap,
+            scratch);
+    }
+}
+
+//! sum_l p[l * stride] for l < count, four partial sums at a time.
+__device__ __forceinline__ float stridedSum(float const* p, int count, int stride)
+{
+    float a = 0.f, b = 0.f, c = 0.f, d = 0.f;
+    int l = 0;
+    for (; l + 4 <= count; l += 4)
+    {
+        a += p[l * stride];
+        b += p[(l + 1) * stride];
+        c += p[(l + 2) * stride];
+        d += p[(l + 3) * stride];
+    }
+    for (; l < count; ++l)
+    {
+        a += p[l * stride];
+    }
+    return (a + b) + (c + d);
+}
+
+//! Element e of the pack (channel first + e) times gate[e]; zero for channels past C (HWC8 padding, which x may
+//! hold anything in).
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> gated(Pack<T, V> pack, float const (&gate)[V], int first, int channels)
+{
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+    {
+        pack.v[e] = fromFloat<T>(first + e < channels ? toFloat(pack.v[e]) * gate[e] : 0.f);
+    }
+    return pack;
+}
+
+/*
+ * Channels-last single launch (ecaForward, zero padding, maps a block's lanes hold: up to 28 x 28 at the zoo's
+ * channel counts): block (t, n) owns channel vectors [t * tileVectors, (t + 1) * tileVectors) of a pixel row of
+ * sample n (V channels each, HWC8's padding channels included, written as zeros) and haloVectors more on each side.
+ * Group g of lanesPerColumn lanes reads window vector g at every pixel (lane l: pixels l, l + lanes, ...) and keeps
+ * them in registers; the lanes' sums meet in shared memory as one mean per window channel; then each lane of a
+ * tile group computes its vector's V gates and scales its registers.
+ * Dynamic shared memory (floats): the k taps, windowVectors * V means, blockDim.x * V partial sums.
+ */
+template <typename T, int V>
+__global__ void __launch_bounds__(kMaxBlockThreads) ecaSingleLaunchChannelsLast(T const* __restrict__ x,
+    T const* __restrict__ weight, T* __restrict__ y, int channels, int hw, int pixelStride, int kernelSize,
+    int tileVectors, int haloVectors, int lanesPerColumn)
+{
+    extern __shared__ float taps[];
+    float const tap = threadIdx.x < kernelSize ? toFloat(weight[threadIdx.x]) : 0.f; // in flight beside x's loads
+    int const windowVectors = tileVectors + 2 * haloVectors;
+    float* means = taps + kernelSize;
+    float* partial = means + windowVectors * V;
+    int const laneBits = __popc(lanesPerColumn - 1);
+    int const lane = threadIdx.x & (lanesPerColumn - 1);
+    int const group = threadIdx.x >> laneBits;
+    int const rowPacks = pixelStride / V;
+    int const firstVector = static_cast<int>(blockIdx.x) * tileVectors - haloVectors;
+    int const vector = firstVector + group; // this group's vector of a pixel row
+    int const mine = group < windowVectors && vector >= 0 && vector < rowPacks ? laneAccesses(hw, lane, laneBits) : 0;
+    index_t const offset = (static_cast<index_t>(blockIdx.y) * hw + lane) * rowPacks + vector;
+    index_t const step = static_cast<index_t>(rowPacks) << laneBits; // between a lane's pixels
+    Pack<T, V> const* in = reinterpret_cast<Pack<T, V> const*>(x) + offset;
+    PlaneShare<T, V> share;
+    float sum[V] = {};
+#pragma unroll
+    for (int r = 0; r < kHeldVectors; ++r)
+    {
+        if (r >= mine)
+        {
+            break;
+        }
+        share.held[r] = in[r * step];
+    }
+#pragma unroll
+    for (int r = 0; r < kHeldVectors; ++r)
+    {
+        if (r >= mine)
+        {
+            break;
+        }
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+        {
+            sum[e] += toFloat(share.held[r].v[e]);
+        }
+    }
+    for (int r = kHeldVectors; r < mine; ++r)
+    {
+        Pack<T, V> const pack = in[r * step];
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+        {
+            sum[e] += toFloat(pack.v[e]);
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+    {
+        partial[threadIdx.x * V + e] = sum[e];
+    }
+    if (threadIdx.x < kernelSize)
+    {
+        taps[threadIdx.x] = tap;
+    }
+    for (int j = threadIdx.x + blockDim.x; j < kernelSize; j += blockDim.x)
+    {
+        taps[j] = toFloat(weight[j]);
+    }
+    __syncthreads();
+    float const inverseHw = 1.f / static_cast<float>(hw);
+    for (int i = threadIdx.x; i < windowVectors * V; i += blockDim.x)
+    {
+        int const channel = firstVector * V + i; // window channel i; zero padding outside [0, C)
+        float const total = stridedSum(partial + ((i / V) << laneBits) * V + i % V, lanesPerColumn, V);
+        means[i] = channel >= 0 && channel < channels ? total * inverseHw : 0.f;
+    }
+    __syncthreads();
+    if (group < haloVectors || group >= haloVectors + tileVectors || vector >= rowPacks)
+    {
+        return;
+    }
+    int const halo = (kernelSize - 1) / 2;
+    float gate[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e)
+    {
+        // channel vector * V + e sits at window position group * V + e; its taps read from halo positions before
+        gate[e] = vector * V + e < channels ? tapGate(taps, means + group * V + e - halo, kernelSize) : 0.f;
+    }
+    Pack<T, V>* out = reinterpret_cast<Pack<T, V>*>(y) + offset;
+#pragma unroll
+    for (int r = 0; r < kHeldVectors; ++r)
+    {
+        if (r >= mine)
+        {
+            break;
+        }
+        out[r * step] = gated(share.held[r], gate, vector * V, channels);
+    }
+    for (int r = kHeldVectors; r < mine; ++r)
+    {
+        out[r * step] = gated(in[r * step], gate, vector * V, channels);
     }
 }
 
@@ -615,13 +961,14 @@ __device__ void singleLaunchNchw(T const* __restrict__ x, T const* __restrict__ 
 } // namespace eca
 
 // Fixed, unmangled names for the QDP AOT path. Argument order follows TensorRT's AOT convention:
-// input pointers (x, weight), extra int32 scalars, output pointer (y).
+// input pointers (x, weight), extra int32 scalars, output pointer (y). The batch is not among them: the grid covers
+// it (channel tiles x N blocks).
 #define ECA_SINGLE_LAUNCH_KERNEL(NAME, T)                                                                      \
     extern "C" __global__ void __launch_bounds__(eca::kernels::kMaxBlockThreads)                                       \
-        NAME(T const* __restrict__ x, T const* __restrict__ weight, int samples, int channels, int hw, int kernelSize, \
-            int padMode, int channelsPerBlock, T* __restrict__ y)                                                      \
+        NAME(T const* __restrict__ x, T const* __restrict__ weight, int channels, int hw, int kernelSize, int padMode,  \
+            int channelsPerBlock, int lanesPerPlane, T* __restrict__ y)                                                \
     {                                                                                                                  \
-        eca::kernels::singleLaunchNchw(x, weight, samples, channels, hw, kernelSize, padMode, channelsPerBlock, y);   \
+        eca::kernels::singleLaunchNchw(x, weight, channels, hw, kernelSize, padMode, channelsPerBlock, lanesPerPlane, y); \
     }
 
 ECA_SINGLE_LAUNCH_KERNEL(eca_single_launch_f32, float)

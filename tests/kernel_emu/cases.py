@@ -21,7 +21,7 @@ import random
 import sys
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -72,12 +72,13 @@ ORDERS = (0, 0x9E3779B97F4A7C15)  # runs of a case: index order, then seeded per
 
 @dataclass(frozen=True)
 class SingleLaunch:
-    """Launch shape of the single-launch kernel (eca::SingleLaunchConfig)."""
+    """Launch shape of the single-launch kernel (eca::SingleLaunchConfig; the grid's y is N)."""
 
     per_block: int
     grid: int
     block: int
     shared: int
+    lanes: int
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Case:
         parts = [f"n{self.n}c{self.c}h{self.h}w{self.w}k{self.k}", self.pad_mode, self.dtype, self.layout, self.entry,
                  f"x{self.x_misalign}y{self.y_misalign}", self.device]
         if self.single:
-            parts.append("cfg{per_block}.{grid}.{block}.{shared}".format(**vars(self.single)))
+            parts.append("cfg{per_block}.{grid}.{block}.{shared}.{lanes}".format(**vars(self.single)))
         if self.profile_max:
             parts.append("max{}.{}.{}".format(*self.profile_max))
         return "-".join(parts)
@@ -131,19 +132,23 @@ class Case:
                 f"pad={PAD_MODES.index(self.pad_mode)} dtype={DTYPE_CODES[self.dtype]} layout={self.layout} "
                 f"x_misalign={self.x_misalign * size} y_misalign={self.y_misalign * size} device={self.device}")
         if self.single:
-            text += " per_block={per_block} grid={grid} block={block} shared={shared}".format(**vars(self.single))
+            text += " per_block={per_block} grid={grid} block={block} shared={shared} lanes={lanes}".format(
+                **vars(self.single))
         if self.profile_max:
             text += " max_n={} max_h={} max_w={}".format(*self.profile_max)
         return text
 
 
-def single_launch(case: Case, block: int | None = None, per_block: int | None = None) -> SingleLaunch:
-    """The launch shape eca_deploy.tensorrt.nvrtc.single_launch_params gives ``case``, with another block size or
-    channels per block if asked (grid and shared memory follow)."""
+def single_launch(case: Case, block: int | None = None, per_block: int | None = None,
+                  lanes: int | None = None) -> SingleLaunch:
+    """The launch shape eca_deploy.tensorrt.nvrtc.single_launch_params gives ``case``, with another block size,
+    channels per block or lanes per plane if asked (lanes shrink to fit the block; grid and shared memory follow)."""
     params = single_launch_params(case.n, case.c, case.h, case.w, case.k, case.dtype, case.pad_mode)
     per_block = per_block or params.channels_per_block
-    shared = (min(per_block + case.k - 1, case.c) + per_block) * 4
-    return SingleLaunch(per_block, math.ceil(case.c / per_block) * case.n, block or params.block[0], shared)
+    block = block or params.block[0]
+    shared = (case.k + min(per_block + case.k - 1, case.c)) * 4
+    return SingleLaunch(per_block, math.ceil(case.c / per_block), block, shared,
+                        lanes or min(params.lanes_per_plane, block))
 
 
 # --- data ------------------------------------------------------------------------------------------------------
@@ -203,15 +208,15 @@ def from_memory(buffer: np.ndarray, case: Case) -> tuple[np.ndarray, np.ndarray]
 # --- grids -----------------------------------------------------------------------------------------------------
 
 def _variants(n: int, c: int, h: int, w: int, k: int, pad_mode: str, dtype: str) -> Iterator[Case]:
-    """The shape through ecaForward in every layout and through the single-launch kernel (its own launch
-    shape, 32 threads, and one channel per block with 128 threads where that makes at most
-    ONE_CHANNEL_BLOCKS blocks with k <= 9: every block reduces all planes of its window); x and y misaligned
-    by a rotating pair."""
+    """The shape through ecaForward in every layout and through the single-launch kernel: its own launch shape,
+    32 threads (windows of more planes than groups read in passes), 256 threads in groups of 64 lanes (reductions
+    through shared memory), and one channel per block with 128 single-lane groups where that makes at most
+    ONE_CHANNEL_BLOCKS blocks with k <= 9 (every lane reads a whole plane, past what it holds in registers);
+    x and y misaligned by a rotating pair."""
     case = Case(n, c, h, w, k, pad_mode, dtype)
-    own = single_launch(case)
-    launches = [own, replace(own, block=32)]
+    launches = [single_launch(case), single_launch(case, block=32), single_launch(case, block=256, lanes=64)]
     if n * c <= ONE_CHANNEL_BLOCKS and k <= max(KERNEL_SIZES):
-        launches.append(single_launch(case, block=128, per_block=1))
+        launches.append(single_launch(case, block=128, per_block=1, lanes=1))
     entries = [(layout, "forward", None) for layout in LAYOUTS] + [("nchw", "single", cfg) for cfg in launches]
     turn = n + c + h + w + k + DTYPES.index(dtype) + PAD_MODES.index(pad_mode)
     for index, (layout, entry, launch) in enumerate(entries):
@@ -268,7 +273,8 @@ def _path_values(case: Case) -> set[tuple[str, object]]:
     """(axis, value) pairs that choose the code a case runs."""
     return {("layout", case.layout), ("entry", case.entry), ("dtype", case.dtype), ("pad", case.pad_mode),
             ("misalign", (case.x_misalign, case.y_misalign)), ("k>c", case.k > case.c),
-            ("block", case.single and case.single.block), ("per_block=1", case.single and case.single.per_block == 1)}
+            ("block", case.single and case.single.block), ("per_block=1", case.single and case.single.per_block == 1),
+            ("lanes", case.single and case.single.lanes)}
 
 
 def _axis_values(case: Case) -> set[tuple[str, object]]:

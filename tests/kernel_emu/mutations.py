@@ -15,7 +15,7 @@ from pathlib import Path
 
 from eca_deploy.resources import plugin_dir
 from kernel_emu.build import KERNEL_SOURCES, PLUGIN_SOURCES, plugin_headers
-from kernel_emu.cases import Case, single_launch
+from kernel_emu.cases import CUDA_ERROR_INVALID_VALUE, Case, single_launch
 
 
 class MutationError(ValueError):
@@ -49,16 +49,22 @@ class Mutation:
         return folder
 
 
-def _single(case: Case, block: int | None = None) -> Case:
-    return replace(case, entry="single", single=single_launch(case, block=block))
+def _single(case: Case, block: int | None = None, lanes: int | None = None) -> Case:
+    return replace(case, entry="single", single=single_launch(case, block=block, lanes=lanes))
 
 
-NCHW = Case(2, 17, 5, 5, 3)                                  # planes of 25: a scalar tail after the vectors
-CHANNELS_LAST = Case(1, 96, 3, 3, 5, layout="nhwc")          # three channel tiles, each with a halo
-TWO_CHUNKS = Case(2, 256, 5, 5, 3)                           # gate chunks that straddle 165 planes
-PLANE_GROUPS = _single(Case(1, 64, 28, 28, 3))               # groups of 64 threads, two reductions per block
-MISALIGNED_Y = Case(2, 17, 5, 5, 3, y_misalign=1)            # x aligned, y not: the gate must go scalar
+#: ecaForward takes two launches where a block's 256 plane groups cannot hold the channel window (k > 2 * 256):
+#: planes of 25 elements, so scalar heads and tails; gate chunks that straddle 165 planes.
+TWO_LAUNCHES = Case(2, 300, 5, 5, 601)
+MISALIGNED_Y = replace(TWO_LAUNCHES, y_misalign=1)            # x aligned, y not: the gate must go scalar
+CHANNELS_LAST = Case(1, 96, 3, 3, 5, "wrap", layout="nhwc")   # two launches (wrap): three channel tiles with halos
+PLANE_GROUPS = _single(Case(1, 64, 28, 28, 3), block=64, lanes=64)  # groups of 64 lanes, four reductions per block
+SUB_WARP_GROUPS = _single(Case(2, 64, 7, 7, 3))               # lane groups within a warp, one shuffle tree each
+SEVERAL_PASSES = _single(Case(2, 17, 5, 5, 9), block=32, lanes=8)  # a window of 4 groups read in several passes
 WIDE_WINDOW = Case(1, 12257, 1, 1, 12257, layout="nhwc")     # a channel window of 48 KiB + 4 bytes with its gates
+CHANNELS_LAST_SINGLE = Case(1, 20, 5, 5, 3, dtype="fp16", layout="hwc8")  # one launch; 4 padding channels a pixel
+ODD_LANES = replace(SUB_WARP_GROUPS, single=replace(SUB_WARP_GROUPS.single, lanes=24),
+                    expect_status=CUDA_ERROR_INVALID_VALUE)
 
 MUTATIONS = (
     Mutation("removed __syncthreads before scratch is reused", "ecaKernels.cuh",
@@ -67,15 +73,35 @@ MUTATIONS = (
     Mutation("removed __syncthreads between gates and scaling", "ecaKernels.cuh",
              "                splits, static_cast<float>(hw));\n        }\n        __syncthreads();\n",
              "                splits, static_cast<float>(hw));\n        }\n",
-             (NCHW,), frozenset({"shared-race", "uninitialised-read"})),
+             (TWO_LAUNCHES,), frozenset({"shared-race", "uninitialised-read"})),
+    Mutation("removed __syncthreads between the single launch's means and gates", "ecaKernels.cuh",
+             "    __syncthreads();\n    // The window is [c0 - halo", "    // The window is [c0 - halo",
+             (SUB_WARP_GROUPS,), frozenset({"shared-race", "uninitialised-read"})),
+    Mutation("sub-warp reduction pairing lanes of different planes", "ecaKernels.cuh",
+             "1 << (laneBits - 1 - bit)", "1 << (laneBits - bit)",
+             (SUB_WARP_GROUPS,), frozenset({"wrong-result"})),
+    Mutation("registers of a window read in several passes taken for the tile's planes", "ecaKernels.cuh",
+             "bool const held = window.count <= groups;", "bool const held = true;",
+             (SEVERAL_PASSES,), frozenset({"wrong-result"})),
+    Mutation("removed __syncthreads between channels-last partial sums and means", "ecaKernels.cuh",
+             "    __syncthreads();\n    float const inverseHw = 1.f / static_cast<float>(hw);\n    for (int i = threadIdx.x",
+             "    float const inverseHw = 1.f / static_cast<float>(hw);\n    for (int i = threadIdx.x",
+             (CHANNELS_LAST_SINGLE,), frozenset({"shared-race", "uninitialised-read"})),
+    Mutation("removed __syncthreads between channels-last means and gates", "ecaKernels.cuh",
+             "    __syncthreads();\n    if (group < haloVectors", "    if (group < haloVectors",
+             (CHANNELS_LAST_SINGLE,), frozenset({"shared-race", "uninitialised-read"})),
+    Mutation("HWC8 padding channels scaled instead of zeroed", "ecaKernels.cuh",
+             "first + e < channels ? toFloat(pack.v[e]) * gate[e] : 0.f", "toFloat(pack.v[e]) * gate[e]",
+             (CHANNELS_LAST_SINGLE,), frozenset({"padding", "unwritten-output", "wrong-result"})),
     Mutation("off-by-one in the channel window", "ecaKernels.cuh",
              "    int const span = tileChannels + kernelSize - 1;", "    int const span = tileChannels + kernelSize - 2;",
              (CHANNELS_LAST,), frozenset({"uninitialised-read", "wrong-result"})),
     Mutation("tail read past the end of a plane", "ecaKernels.cuh",
              "    if (tail + lane < len)", "    if (tail + lane <= len)",
-             (NCHW,), frozenset({"out-of-bounds", "wrong-result"})),
+             (TWO_LAUNCHES,), frozenset({"out-of-bounds", "wrong-result"})),
     Mutation("misaligned vector store", "ecaKernels.cuh",
-             "    if (head != minOf(len, elementsToAlignment(y)))", "    if (head != minOf(len, elementsToAlignment(x)))",
+             "    if (head != minOf<index_t>(len, elementsToAlignment(y)))",
+             "    if (head != minOf<index_t>(len, elementsToAlignment(x)))",
              (MISALIGNED_Y,), frozenset({"misaligned"})),
     Mutation("read of uninitialised shared memory", "ecaKernels.cuh",
              "            for (int i = tid; i < window.count; i += threads)",
@@ -83,18 +109,21 @@ MUTATIONS = (
              (CHANNELS_LAST,), frozenset({"uninitialised-read"})),
     Mutation("single launch accepting any multiple of 32 threads (issue 15)", "ecaKernel.cu",
              "isPowerOfTwo(config.blockX)", "config.blockX % kernels::kWarpSize == 0",
-             (_single(Case(1, 64, 28, 28, 3), block=96),), frozenset({"uninitialised-read"})),
+             (_single(Case(1, 64, 28, 28, 3), block=96),), frozenset({"uninitialised-read", "shared-race"})),
+    Mutation("single launch accepting lanes per plane that are no power of two", "ecaKernel.cu",
+             "isPowerOfTwo(config.lanesPerPlane) && ", "",
+             (ODD_LANES,), frozenset({"status", "shared-race", "wrong-result"})),
     Mutation("a thread leaving before a barrier", "ecaKernels.cuh",
              "    extern __shared__ float gates[];\n",
              "    extern __shared__ float gates[];\n    if (threadIdx.x == blockDim.x - 1)\n    {\n        return;\n    }\n",
-             (NCHW,), frozenset({"barrier-divergence"})),
+             (TWO_LAUNCHES,), frozenset({"barrier-divergence"})),
     Mutation("a lane skipping a warp shuffle", "ecaKernels.cuh",
              "        v += __shfl_xor_sync(0xffffffffu, v, offset);",
              "        v += threadIdx.x % kWarpSize == 31 ? 0.f : __shfl_xor_sync(0xffffffffu, v, offset);",
-             (NCHW,), frozenset({"shuffle"})),
+             (TWO_LAUNCHES,), frozenset({"shuffle"})),
     Mutation("dynamic shared memory one plane short", "ecaKernel.cu",
              "minOf((chunk - 1) / hw + 2, planes)", "minOf((chunk - 1) / hw + 1, planes)",
-             (TWO_CHUNKS,), frozenset({"out-of-bounds"})),
+             (TWO_LAUNCHES,), frozenset({"out-of-bounds"})),
     Mutation("a launch asking for more than 48 KiB without an opt-in", "ecaKernel.cu",
              "bool const windowed = (window + tileChannels) * static_cast<index_t>(sizeof(float)) "
              "<= kMaxDefaultSharedBytes;", "bool const windowed = true;",

@@ -51,6 +51,16 @@ SANITIZER_ENV = {
 _EMULATOR_FAILURE = re.compile(r"kernel_emu error \[([\w-]+)\]")
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch a case made: kernel name, grid (x, y, z), threads per block, dynamic shared memory."""
+
+    kernel: str
+    grid: tuple[int, int, int]
+    threads: int
+    shared: int
+
+
 @dataclass
 class Outcome:
     """What a case did. ``check`` names the first check it failed, ``detail`` says how; both empty if it passed."""
@@ -60,6 +70,7 @@ class Outcome:
     detail: str = ""
     max_error: float = 0.0
     accesses: int = 0
+    launches: tuple[Launch, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -131,11 +142,20 @@ def _results(stdout: str) -> dict[str, dict[str, str]]:
     return results
 
 
+def _launches(result: dict[str, str]) -> tuple[Launch, ...]:
+    """The launches of a driver result line (its ;-separated kernels, grids, threads and shared fields)."""
+    if result["kernels"] == "-":
+        return ()
+    fields = [result[key].split(";") for key in ("kernels", "grids", "threads", "shared")]
+    return tuple(Launch(kernel, tuple(int(d) for d in grid.split("x")), int(threads), int(shared))
+                 for kernel, grid, threads, shared in zip(*fields))
+
+
 def _check(case: Case, result: dict[str, str], y_stored: np.ndarray, x: np.ndarray, taps: np.ndarray,
            counts_writes: bool) -> Outcome:
-    outcome = Outcome(case, accesses=int(result["accesses"]))
+    outcome = Outcome(case, accesses=int(result["accesses"]), launches=_launches(result))
     status, launches = int(result["status"]), int(result["launches"])
-    threads = [int(t) for t in result["threads"].split(";") if t != "-"]
+    threads = [launch.threads for launch in outcome.launches]
 
     def failed(check: str, detail: str) -> Outcome:
         outcome.check, outcome.detail = check, detail

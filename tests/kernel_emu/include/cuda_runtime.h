@@ -13,6 +13,8 @@
  *   __syncthreads()       a scheduling point: every thread of the block must meet there (same file and
  *                         line), else the runtime reports barrier divergence.
  *   __shfl_xor_sync()     a warp-level meeting point: every lane named by the mask must arrive there.
+ *   __popc()              the population count of a 32-bit word.
+ *   __expf()              the fast exponential, computed here as expf (the GPU's is less accurate).
  *   kernel<<<g, b, s, st>>>(args)
  *                         rewritten by the build to emu::launch(kernel, g, b, s, st)(args), which runs
  *                         every thread of every block of the grid.
@@ -36,3 +38,13 @@
 #define gridDim (::emu::builtins.gridDim)
 #define __syncthreads() (::emu::syncThreads(__FILE__, __LINE__))
 #define __shfl_xor_sync(...) (::emu::shuffleXor(__FILE__, __LINE__, __VA_ARGS__))
+
+inline int __popc(unsigned value)
+{
+    return __builtin_popcount(value);
+}
+
+inline float __expf(float value)
+{
+    return expf(value);
+}

@@ -11,9 +11,9 @@
  *   n c h w k, pad (0 constant, 1 wrap), dtype (0 fp32, 1 fp16, 2 bf16), layout (nchw, nhwc, hwc8),
  *   x_misalign y_misalign (bytes past a 256-byte boundary), device (sm75 ... sm90), orders (comma-separated
  *   seeds, one run each), x_at w_at y_at (byte offsets of x and weight in IN and of y in OUT); single:
- *   per_block grid block shared; plugin: max_n max_h max_w.
+ *   per_block grid block shared lanes; plugin: max_n max_h max_w.
  * Every run starts from y and workspace poisoned with another NaN pattern. The driver prints "begin name=..."
- * before a case and after it "name=... status=... launches=... kernels=... threads=... shared=...
+ * before a case and after it "name=... status=... launches=... kernels=... grids=... threads=... shared=...
  * deterministic=0|1 unwritten=... accesses=... workspace=...", and writes y's bytes of the first run at y_at.
  * A failed check ends the process with exit status 3 and its report on stderr.
  *
@@ -158,7 +158,7 @@ struct Library
     using WorkspaceSize = std::size_t (*)(int, int, int, int, int, int, int, int, int);
     using Forward = int (*)(int, int, int, int, int, int, int, int, int, void const*, void const*, void*, void*, void*);
     using ForwardSingleLaunch
-        = int (*)(int, int, int, int, int, int, int, int, int, int, int, void const*, void const*, void*, void*);
+        = int (*)(int, int, int, int, int, int, int, int, int, int, int, int, void const*, void const*, void*, void*);
     using PluginWorkspaceSize = long long (*)(EmuPluginCase const*);
     using PluginEnqueue = int (*)(EmuPluginCase const*, void const*, void const*, void*, void*);
 
@@ -230,7 +230,8 @@ public:
         if (mEntry == "single")
         {
             return mLibrary.forwardSingleLaunch(mN, mC, mH, mW, mK, mPad, mDtype, mFields.integer("per_block"),
-                mFields.integer("grid"), mFields.integer("block"), mFields.integer("shared"), x, weight, y, nullptr);
+                mFields.integer("grid"), mFields.integer("block"), mFields.integer("shared"), mFields.integer("lanes"), x,
+                weight, y, nullptr);
         }
         EmuPluginCase const plugin = pluginCase();
         return mLibrary.pluginEnqueue(&plugin, x, weight, y, workspace);
@@ -339,6 +340,10 @@ void runCase(std::string const& line, Library const& library, MappedFile const& 
     std::copy(firstY.begin(), firstY.end(), outputs.at(fields.size("y_at"), bytes));
     std::cout << "name=" << settings.caseName << " status=" << firstStatus << " launches=" << firstLog.size()
               << " kernels=" << joined(firstLog, [](auto const& r) { return r.kernel; })
+              << " grids=" << joined(firstLog,
+                     [](auto const& r) {
+                         return std::to_string(r.grid.x) + "x" + std::to_string(r.grid.y) + "x" + std::to_string(r.grid.z);
+                     })
               << " threads=" << joined(firstLog, [](auto const& r) { return r.block.x * r.block.y * r.block.z; })
               << " shared=" << joined(firstLog, [](auto const& r) { return r.sharedBytes; })
               << " errors=" << joined(firstLog, [](auto const& r) { return static_cast<int>(r.error); })
