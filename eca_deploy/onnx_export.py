@@ -172,6 +172,30 @@ def _name_batch_dims(model: onnx.ModelProto) -> None:
         dim.dim_param = BATCH_DIM
 
 
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every subgraph computed from constants alone replaced by its value (onnx-graphsurgeon's
+    ``fold_constants``, as ``polygraphy surgeon sanitize --fold-constants``).
+
+    Weights a network derives at run time collapse into plain initializers: timm's NFNets standardize their conv
+    weights with a training-mode BatchNormalization, which TensorRT's parser refuses (and would recompute on every
+    inference); eca_nfnet_l0 goes from 1,167 nodes to 383 with the same outputs.
+    """
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    severity = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR  # its advice about large folded tensors is for interactive use
+    try:
+        graph = gs.import_onnx(model)
+        graph.fold_constants().cleanup()
+        folded = gs.export_onnx(graph)
+    finally:
+        G_LOGGER.severity = severity
+    del folded.opset_import[:]  # graphsurgeon may narrow the imports to the ops it saw
+    folded.opset_import.extend(model.opset_import)
+    folded.ir_version = model.ir_version
+    return folded
+
+
 def effective_exporter(module: nn.Module, requested: str) -> str:
     """The exporter that will run: TorchScript archives always go through the legacy exporter, which is
     the only one that reads them."""
@@ -208,6 +232,7 @@ def export_onnx(module: nn.Module, path: str | Path, *, input_shape: tuple[int, 
         model, batch_trace = _dynamo_export(module.eval(), example, opset)
     else:
         model, batch_trace = _torch_export(module.eval(), example, exporter, opset), BATCH_TRACES[1]
+    model = fold_constants(model)
     clamped = {"underflow": 0, "overflow": 0}
     if precision == "fp16":
         model, clamped = to_float16(model)
