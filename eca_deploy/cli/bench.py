@@ -1,5 +1,8 @@
 """Benchmark latency and throughput of every backend: percentiles, stages, batch sweep, power on Jetson.
 
+SOURCE is any model eca-export takes; without it, the files named with -b bring their model (their
+provenance), and --images are preprocessed as that model expects.
+
 Each (backend, batch size) point warms up (--warmup-iterations and --warmup-seconds), then runs
 until both --iterations and --duration are reached. One iteration is one query end to end:
 preprocessing (with --images), host-to-device copy, device compute (CUDA events on GPUs), device-to-

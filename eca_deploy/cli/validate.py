@@ -1,7 +1,9 @@
 """Validate backends against the PyTorch FP32 reference: agreement, label accuracy, first diverging layer.
 
-Runs the same inputs (seeded random batches, or --images with the authors' preprocessing) through
-PyTorch FP32 on the CPU and every backend, and reports the max abs error, the same relative to the
+SOURCE is any model eca-export takes (checkpoint, zoo name, timm:NAME); without it, the files named with -b
+bring their model (the provenance eca-deploy writes into them), and a file from another model than SOURCE
+is refused. Runs the same inputs (seeded random batches, or --images preprocessed as the model expects: the
+authors' transforms or a timm model's) through PyTorch FP32 on the CPU and every backend, and reports the max abs error, the same relative to the
 largest reference logit (the rtol that would pass alone), cosine similarity, top-1/top-5 agreement,
 and top-1/top-5 accuracy when the images have labels (ImageFolder layout). Each backend is judged by
 the default tolerance of its precision (FP32: atol 1e-4 + rtol 1e-4 x max|logit|; FP16: 1e-2 + 2e-2 x
@@ -17,6 +19,8 @@ Exit codes: 0 every backend passed, 1 a backend failed, 2 bad input.
 Examples:
   eca-deploy validate                                     # demo model, ONNX Runtime CPU, random inputs
   eca-deploy validate eca_resnet50_k3557.pth.tar --images imagenet/val --limit 1000
+  eca-deploy validate -b ort-cpu=exported/model.eca.onnx            # the model the file was exported from
+  eca-deploy validate timm:ecaresnet50d --weights w.pth --images imagenet/val   # timm's preprocessing
   eca-deploy validate model.pth.tar -b ort-cpu=model.eca.onnx -b trt=model.engine --plugin libeca_plugin.so
 """
 
