@@ -162,7 +162,7 @@ def load_model(source: str | Path | nn.Module = DEFAULT_SOURCE, *, arch: str | N
 def read_weights(path: str | Path, allow_pickle: bool = False) -> StateDict:
     """The state dict in a weights file: ``.safetensors``, a bare state dict, or a training checkpoint holding one."""
     path = Path(path)
-    _check_file(path)
+    _check_file(path, "--weights")
     if path.name.endswith(SAFETENSORS_SUFFIX):
         return _read_safetensors(path)
     content = _torch_load(path, allow_pickle)
@@ -180,8 +180,8 @@ def _refuse_options(given: dict[str, bool], what: str) -> None:
 
 def _from_timm(source: str, weights: str | Path | None, pretrained: bool, num_classes: int | None,
                timm_args: dict[str, Any], allow_pickle: bool) -> LoadedModel:
+    state_dict = read_weights(weights, allow_pickle) if weights is not None else None
     path = Path(weights).resolve() if weights is not None else None
-    state_dict = read_weights(path, allow_pickle) if path is not None else None
     model = create_timm_model(timm_name(source), weights=state_dict, pretrained=pretrained, num_classes=num_classes,
                               model_args=timm_args)
     loader = {"source": source, "weights": None if path is None else str(path), "pretrained": pretrained,
@@ -269,8 +269,11 @@ def save_authors_checkpoint(model: nn.Module, path: str | Path, arch: str, epoch
     return Path(path)
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, option: str | None = None) -> None:
+    """A readable, non-empty file; ``option`` names the flag that gave it (else it was SOURCE)."""
     if not path.exists():
+        if option is not None:
+            raise EcaDeployError(f"{option} {path}: no such file")
         raise EcaDeployError(f"{path}: no such file (and not a zoo name; known: {', '.join(ARCHITECTURES)})")
     if not path.is_file():
         raise EcaDeployError(f"{path} is not a file")

@@ -152,6 +152,10 @@ def test_a_timm_state_dict_without_timm_prefix_names_the_route(tmp_path):
     (("eca_resnet18", "--weights", "w.pth"), r"--weights applies to timm:NAME sources, not to eca_resnet18"),
     (("timm:ecaresnetlight", "--arch", "eca_resnet50"), r"--arch applies to zoo architectures, not to timm:"),
     (("timm:ecaresnetlight", "--timm-args", "[1]"), r"--timm-args: expected a JSON object"),
+    (("timm:ecaresnetlight", "--timm-args", '{"nope": 1}'),
+     r"timm cannot build ecaresnetlight with \{\"nope\": 1, .*unexpected keyword argument 'nope'"),
+    (("timm:ecaresnetlight", "--weights", "missing.pth"), r"--weights missing.pth: no such file$"),
+    (("timm:",), r"timm: needs a model name"),
 ])
 def test_timm_requests_that_cannot_work_are_one_sentence(tmp_path, args, pattern, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

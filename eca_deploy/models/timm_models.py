@@ -127,6 +127,15 @@ def classifier_key(timm: ModuleType, name: str) -> str:
     return value[0] if isinstance(value, (list, tuple)) else (value or TIMM_CLASSIFIER_FALLBACK)
 
 
+def _build(timm: ModuleType, name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, **kwargs)``; arguments it does not take (from --timm-args) are one sentence."""
+    try:
+        return timm.create_model(name, **kwargs)
+    except (TypeError, ValueError, KeyError, AssertionError) as error:
+        raise EcaDeployError(f"timm cannot build {name} with {json.dumps(kwargs, sort_keys=True)}: "
+                             f"{first_line(error)}") from error
+
+
 def _pretrained(timm: ModuleType, name: str, num_classes: int | None, model_args: dict) -> nn.Module:
     """timm's released weights, from the Hugging Face hub (or its cache with ``HF_HUB_OFFLINE=1``). Where the hub
     cannot be reached, say so at once instead of letting the hub client retry for a minute."""
@@ -167,7 +176,7 @@ def _with_weights(timm: ModuleType, name: str, weights: Mapping[str, torch.Tenso
     classes = int(weights[classifier].shape[0])
     if num_classes is not None and num_classes != classes:
         raise EcaDeployError(f"--num-classes {num_classes} contradicts the weights, whose classifier has {classes}")
-    module = timm.create_model(name, num_classes=classes, **model_args)
+    module = _build(timm, name, num_classes=classes, **model_args)
     expected = set(module.state_dict())
     if expected != set(weights):
         raise EcaDeployError(f"the weights do not fit timm's {name}: "
@@ -186,7 +195,7 @@ def _demo(timm: ModuleType, name: str, num_classes: int, model_args: dict) -> nn
     from eca_deploy.models.registry import demo_weights
 
     torch.manual_seed(DEMO_SEED)
-    module = timm.create_model(name, num_classes=num_classes, **model_args)
+    module = _build(timm, name, num_classes=num_classes, **model_args)
     key = f"timm-{name}|{json.dumps(model_args, sort_keys=True)}|{num_classes}|{DEMO_SEED}|{timm.__version__}"
     return demo_weights(module, key, seed=DEMO_SEED)
 
