@@ -2,9 +2,11 @@
  * Host side of the fused ECA kernel (ecaKernel.h): validation, launch planning and dispatch. The
  * device code lives in ecaKernels.cuh, which NVRTC compiles too.
  *
- * ecaForward runs, on the caller's stream, for NCHW the single-launch kernel (ecaKernels.cuh: each block reads its
- * channel tile and the halo channels once, keeps its tile in registers, and scales it) where planSingleLaunch's plan
- * holds every plane in one pass of registers and fits shared memory; otherwise two kernels:
+ * ecaForward runs, on the caller's stream, one kernel where its plan fits (ecaKernels.cuh: each block reads its
+ * channel tile and the halo channels once, keeps its tile in registers, and scales it): for NCHW the single-launch
+ * kernel of the AOT plugin (planSingleLaunch), for channels-last with zero padding ecaSingleLaunchChannelsLast
+ * (planChannelsLastSingle), wherever the block's lanes hold their share of x in registers and shared memory fits;
+ * otherwise two kernels:
  *   1. sums:  FP32 sum of every (n, c) plane, optionally split into `splits` partial sums so that
  *             few large planes still fill the GPU; written to the workspace, no atomics.
  *   2. gate:  each block turns the sums of the channels its gates read (its channels and their
@@ -52,6 +54,9 @@ constexpr index_t kMaxPartialSums = 32 * 1024;
 constexpr size_t kWorkspaceAlignment = 256;
 constexpr index_t kMaxDefaultSharedBytes = 48 * 1024; //!< static + dynamic shared memory without an opt-in
 constexpr index_t kMaxGridY = 65535;                  //!< CUDA's limit of gridDim.y (the single launch's samples)
+//! Channels-last single launch: blocks it needs at least (simulated A100, batch 1: 2 blocks of 32 x 28 x 28 halves
+//! took 15,796 cycles against 12,870 in two launches, 20 of 320 x 7 x 7 took 6,833).
+constexpr index_t kMinChannelsLastBlocks = 16;
 //! Single launch: elements of its plane a lane aims to read, in at most kSingleLaneAccesses accesses (fewer lanes per
 //! plane hold more, up to kernels::kHeldVectors accesses).
 constexpr index_t kSingleLaneElements = 16;
@@ -367,12 +372,14 @@ ChannelsLastPlan planChannelsLastSingle(EcaParams const& p, int vec)
 
 //! Whether ecaForward runs channels-last p in one launch: zero padding (the window's halo vectors then hold every
 //! channel a gate reads), a block within kBlockThreads threads whose lanes hold their pixels in registers, shared
-//! memory within 48 KiB, N within the grid's y.
+//! memory within 48 KiB, N within the grid's y, and at least kMinChannelsLastBlocks blocks (a tile of channels takes
+//! all of a sample's pixels through one SM: with fewer channels than that the two launches spread the pixels wider).
 bool channelsLastSingleFits(EcaParams const& p, ChannelsLastPlan const& plan)
 {
+    index_t const blocks = ceilDiv(pixelStrideOf(p) / plan.vec, plan.tile) * p.n;
     return p.padMode == PadMode::kCONSTANT && plan.threads <= kBlockThreads && p.n <= kMaxGridY
         && planeSize(p) <= static_cast<index_t>(plan.lanes) * kernels::kHeldVectors
-        && plan.sharedBytes <= kMaxDefaultSharedBytes;
+        && plan.sharedBytes <= kMaxDefaultSharedBytes && blocks >= kMinChannelsLastBlocks;
 }
 
 template <typename T>

@@ -62,7 +62,7 @@ PLANE_GROUPS = _single(Case(1, 64, 28, 28, 3), block=64, lanes=64)  # groups of 
 SUB_WARP_GROUPS = _single(Case(2, 64, 7, 7, 3))               # lane groups within a warp, one shuffle tree each
 SEVERAL_PASSES = _single(Case(2, 17, 5, 5, 9), block=32, lanes=8)  # a window of 4 groups read in several passes
 WIDE_WINDOW = Case(1, 12257, 1, 1, 12257, layout="nhwc")     # a channel window of 48 KiB + 4 bytes with its gates
-CHANNELS_LAST_SINGLE = Case(1, 20, 5, 5, 3, dtype="fp16", layout="hwc8")  # one launch; 4 padding channels a pixel
+CHANNELS_LAST_SINGLE = Case(1, 260, 3, 3, 3, dtype="fp16", layout="hwc8")  # one launch of 17 blocks; 4 padding channels
 ODD_LANES = replace(SUB_WARP_GROUPS, single=replace(SUB_WARP_GROUPS.single, lanes=24),
                     expect_status=CUDA_ERROR_INVALID_VALUE)
 
