@@ -51,7 +51,6 @@ ACCESS_HOOKS = ("-fsanitize=kernel-address", "--param=asan-instrumentation-with-
 ALIGNMENT = ("-fsanitize=alignment", "-fno-sanitize-recover=alignment")
 RUNTIME_TLS_SYMBOLS = frozenset({"_ZN3emu8builtinsE"})  # thread-locals the runtime defines (emu::builtins)
 
-TENSORRT_SDK_ENV = "ECA_TENSORRT_SDK"
 
 
 @dataclass(frozen=True)
@@ -226,22 +225,6 @@ def build_kernel_library(variant: Variant, source_dir: Path | None = None) -> Ke
 
     folder = _cached(f"kernels-{variant.name}", _digest(files, variant), make)
     return KernelLibrary(folder / "libeca_kernel_emu.so", folder / "libeca_kernel_emu.layout")
-
-
-def tensorrt_sdk() -> Path | None:
-    """$ECA_TENSORRT_SDK, else ../shared/sdk beside the repository: the folder of tensorrt-*/include."""
-    configured = os.environ.get(TENSORRT_SDK_ENV)
-    sdk = Path(configured) if configured else HERE.parents[2] / "shared" / "sdk"
-    return sdk if sdk.is_dir() else None
-
-
-def tensorrt_include_dirs() -> dict[str, Path]:
-    """TensorRT version -> include folder with NvInferRuntime.h, from tensorrt_sdk()."""
-    sdk = tensorrt_sdk()
-    if sdk is None:
-        return {}
-    return {folder.name.removeprefix("tensorrt-"): folder / "include" for folder in sorted(sdk.glob("tensorrt-*"))
-            if (folder / "include" / "NvInferRuntime.h").is_file()}
 
 
 def build_plugin_bridge(variant: Variant, tensorrt_include: Path, source_dir: Path | None = None) -> Path:
