@@ -23,6 +23,7 @@ shapes on the RTX 3070 config.
   python scripts/sim_eca_kernel.py --json sim.json --markdown sim.md --jobs 2
   python scripts/sim_eca_kernel.py --shapes 320x7x7 --dtypes fp16 --layouts nchw --configs SM80_A100
   python scripts/sim_eca_kernel.py --from-json a.json b.json --markdown sim.md   # merge runs
+  python scripts/sim_eca_kernel.py --from-json after.json --before before.json    # ours before and after
 """
 
 from __future__ import annotations
@@ -424,9 +425,36 @@ def environment_line(env: dict) -> str:
             f"{env['launch_latency']} cycles per kernel), {env['date']}, commit {env['commit']}, {env['nvcc']}")
 
 
-def render_markdown(runs: Sequence[dict]) -> str:
-    """The simulated tables of one or more ``--json`` files, per config."""
-    results = [r for run in runs for r in run["results"]]
+BEFORE_HEADERS = ("config", "C", "HxW", "k", "N", "dtype", "layout", "before: kernels (exec cycles)", "before",
+                  "after: kernels", "after", "after / before", "total after / before")
+
+
+def before_rows(before: Sequence[dict], after: Sequence[dict]) -> list[tuple]:
+    """Our kernel before and after, case by case: the ``ours`` results of ``after`` with a result in ``before``
+    (a wrong result on either side is shown as such and not compared)."""
+    earlier = {_key(r): r for r in before if r["variant"] == "ours"}
+    rows = []
+    for now in (r for r in after if r["variant"] == "ours" and _key(r) in earlier):
+        then = earlier[_key(now)]
+        shape = bench.LayerShape(**now["shape"])
+        kernels = [" / ".join(str(k["exec_cycles"]) for k in r["kernels"]) if r["correct"] else "WRONG"
+                   for r in (then, now)]
+        rows.append((now["config"], shape.channels, f"{shape.height}x{shape.width}", shape.kernel_size, now["batch"],
+                     now["dtype"], now["layout"], kernels[0], _exec(then), kernels[1], _exec(now),
+                     _ratio(now, then, "exec_cycles"), _ratio(now, then, "cycles")))
+    return rows
+
+
+def latest_results(runs: Sequence[dict]) -> list[dict]:
+    """The results of ``runs``, a later run's result of a case and variant replacing an earlier one's."""
+    latest = {(_key(r), r["variant"]): r for run in runs for r in run["results"]}
+    return list(latest.values())
+
+
+def render_markdown(runs: Sequence[dict], before: Sequence[dict] = ()) -> str:
+    """The simulated tables of one or more ``--json`` files (later ones replacing earlier results of a case and
+    variant), per config; with ``before`` (runs of an earlier kernel), a table of our kernel before and after."""
+    results = latest_results(runs)
     parts = ["**Simulated** (GPGPU-Sim; cycles of the simulator, not of a GPU). Runs:\n\n"
              + "\n".join(f"- {environment_line(run['environment'])}" for run in runs)]
     wrong = [r for r in results if not r["correct"]]
@@ -438,6 +466,11 @@ def render_markdown(runs: Sequence[dict]) -> str:
         parts.append(f"Simulated {config}, execution cycles (without the launch latency; totals with it); ratios "
                      "below 1: ours faster:\n\n" + markdown_table(TABLE_HEADERS, [table_row(r) for r in rows])
                      + "\n\n" + "\n".join(target_lines(rows)))
+    if before:
+        parts.append("Simulated, our kernel before (runs: "
+                     + "; ".join(environment_line(run["environment"]) for run in before) + ") and after:\n\n"
+                     + markdown_table(BEFORE_HEADERS, before_rows([r for run in before for r in run["results"]],
+                                                                  results)))
     return "\n\n".join(parts) + "\n"
 
 
@@ -464,7 +497,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every result as JSON")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown (for BENCHMARKS.md)")
     parser.add_argument("--from-json", nargs="+", type=Path, metavar="PATH",
-                        help="simulate nothing: merge these --json files into the tables")
+                        help="simulate nothing: merge these --json files into the tables (later files replace "
+                             "earlier results of a case and variant)")
+    parser.add_argument("--before", nargs="+", type=Path, metavar="PATH",
+                        help="with --from-json: --json files of an earlier kernel, to compare ours with")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.timeout <= 0:
         parser.error("--jobs and --timeout must be positive")
@@ -474,7 +510,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
-        text = render_markdown([json.loads(path.read_text()) for path in args.from_json])
+        text = render_markdown([json.loads(path.read_text()) for path in args.from_json],
+                               [json.loads(path.read_text()) for path in args.before or ()])
         print(text, end="")
         if args.markdown:
             args.markdown.write_text(text)

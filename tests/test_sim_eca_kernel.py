@@ -140,6 +140,24 @@ def test_table_rows_and_targets_compare_variants_of_the_same_case():
     assert lines[2].startswith("- ours execution <= naive execution: 1 of 2")
 
 
+def test_before_and_after_pairs_our_runs_of_the_same_case():
+    before = [_result("ours", 10000, kernels=2), _result("ours", 9000, kernels=2, layout="channels_last",
+                                                          correct=False), _result("naive", 6000, kernels=4)]
+    after = [_result("ours", 2500), _result("ours", 8000, layout="channels_last"), _result("copy", 1000)]
+    rows = sim.before_rows(before, after)
+    assert [row[6] for row in rows] == ["nchw", "channels_last"]
+    assert rows[0][7:] == ("5000 / 5000", 10000, "2500", 2500, 0.25, 7500 / 20000)
+    assert rows[1][7:] == ("WRONG", "WRONG", "8000", 8000, None, None)
+
+
+def test_a_later_run_replaces_an_earlier_result_of_the_same_case_and_variant():
+    first = {"results": [_result("ours", 9000, kernels=2), _result("naive", 6000, kernels=4), _result("copy", 1000)]}
+    second = {"results": [_result("ours", 2500)]}
+    latest = sim.latest_results([first, second])
+    assert sorted((r["variant"], r["exec_cycles"]) for r in latest) == [("copy", 1000), ("naive", 6000),
+                                                                       ("ours", 2500)]
+
+
 def test_a_wrong_result_is_listed_and_never_compared():
     results = [_result("ours", 1500, correct=False), _result("naive", 6000, kernels=4), _result("copy", 1000)]
     text = sim.render_markdown([{"environment": {"simulator": "GPGPU-Sim 4.2.0", "configs": [sim.A100],

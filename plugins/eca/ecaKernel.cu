@@ -53,10 +53,13 @@ constexpr index_t kGateRowsPerSplit = 8;
 constexpr index_t kMaxPartialSums = 32 * 1024;
 constexpr size_t kWorkspaceAlignment = 256;
 constexpr index_t kMaxDefaultSharedBytes = 48 * 1024; //!< static + dynamic shared memory without an opt-in
-constexpr index_t kMaxGridY = 65535;                  //!< CUDA's limit of gridDim.y (the single launch's samples)
-//! Channels-last single launch: blocks it needs at least (simulated A100, batch 1: 2 blocks of 32 x 28 x 28 halves
-//! took 15,796 cycles against 12,870 in two launches, 20 of 320 x 7 x 7 took 6,833).
-constexpr index_t kMinChannelsLastBlocks = 16;
+constexpr index_t kMaxGridY = 65535; //!< CUDA's limit of gridDim.y (the single launch's samples)
+//! Channels-last single launch: the largest map and the fewest blocks it takes. Simulated (A100 config, batch 1, FP16):
+//! at 14 x 14, 8 blocks of 64 channels took 8,277 cycles against 12,179 in two launches; at 28 x 28 a block's lanes
+//! loop over 12 or 13 pixels each and sum 64 partial sums a channel: 2 blocks of 32 channels took 15,796 against
+//! 12,870 in two launches, 32 blocks of 512 channels 17,442 against the naive sequence's 12,581.
+constexpr index_t kMaxChannelsLastSinglePixels = 256;
+constexpr index_t kMinChannelsLastBlocks = 4;
 //! Single launch: elements of its plane a lane aims to read, in at most kSingleLaneAccesses accesses (fewer lanes per
 //! plane hold more, up to kernels::kHeldVectors accesses).
 constexpr index_t kSingleLaneElements = 16;
@@ -372,14 +375,16 @@ ChannelsLastPlan planChannelsLastSingle(EcaParams const& p, int vec)
 
 //! Whether ecaForward runs channels-last p in one launch: zero padding (the window's halo vectors then hold every
 //! channel a gate reads), a block within kBlockThreads threads whose lanes hold their pixels in registers, shared
-//! memory within 48 KiB, N within the grid's y, and at least kMinChannelsLastBlocks blocks (a tile of channels takes
-//! all of a sample's pixels through one SM: with fewer channels than that the two launches spread the pixels wider).
+//! memory within 48 KiB, N within the grid's y; and a map of at most kMaxChannelsLastSinglePixels pixels in at least
+//! kMinChannelsLastBlocks blocks (a tile of channels takes all of a sample's pixels through one SM: beyond that the
+//! two launches, which split the pixels across blocks, were faster).
 bool channelsLastSingleFits(EcaParams const& p, ChannelsLastPlan const& plan)
 {
     index_t const blocks = ceilDiv(pixelStrideOf(p) / plan.vec, plan.tile) * p.n;
+    index_t const held = static_cast<index_t>(plan.lanes) * kernels::kHeldVectors; // pixels the lanes hold
+    index_t const pixels = minOf(held, kMaxChannelsLastSinglePixels);
     return p.padMode == PadMode::kCONSTANT && plan.threads <= kBlockThreads && p.n <= kMaxGridY
-        && planeSize(p) <= static_cast<index_t>(plan.lanes) * kernels::kHeldVectors
-        && plan.sharedBytes <= kMaxDefaultSharedBytes && blocks >= kMinChannelsLastBlocks;
+        && planeSize(p) <= pixels && plan.sharedBytes <= kMaxDefaultSharedBytes && blocks >= kMinChannelsLastBlocks;
 }
 
 template <typename T>
