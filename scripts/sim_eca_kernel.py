@@ -142,6 +142,9 @@ _CYCLES = re.compile(r"^gpu_sim_cycle = (\d+)", re.MULTILINE)
 _INSTRUCTIONS = re.compile(r"^gpu_sim_insn = (\d+)", re.MULTILINE)
 _VERSION = re.compile(r"\*\*\* (GPGPU-Sim Simulator Version [^*]*?)\s*\*\*\*")
 _LAUNCH_LATENCY = re.compile(r"^-gpgpu_kernel_launch_latency\s+(\d+)", re.MULTILINE)
+_LAUNCH = re.compile(r"pushing kernel '\S+' to stream \d+, gridDim= \((\d+),(\d+),(\d+)\) "
+                     r"blockDim = \((\d+),(\d+),(\d+)\)")
+_RESIDENCY = re.compile(r"^GPGPU-Sim uArch: CTA/core = (\d+), limited by: (.*?)\s*$", re.MULTILINE)
 
 
 class LogError(ValueError):
@@ -182,11 +185,17 @@ def parse_log(log: str, latency: int) -> dict:
     """Per-kernel and total figures of one simulated process.
 
     Each kernel gets ``cycles`` (the simulator's gpu_sim_cycle, launch latency included), ``exec_cycles`` (without
-    it), ``instructions``, and its own DRAM bytes read/written and L2 accesses/hits (the log's counters are
-    cumulative; hits = accesses - misses, so requests merged into a pending miss count as hits)."""
+    it), ``instructions``, its own DRAM bytes read/written and L2 accesses/hits (the log's counters are cumulative;
+    hits = accesses - misses, so requests merged into a pending miss count as hits), and its launch: ``ctas``,
+    ``threads_per_cta``, and the CTAs an SM holds at once (``ctas_per_sm``) with what limits them (``regs``,
+    ``threads``, ``smem``...), as the simulator reports them at the launch."""
     starts = [m.start() for m in _KERNEL.finditer(log)]
     if not starts:
         raise LogError("no kernel finished in the simulator's log")
+    launches, residencies = _LAUNCH.findall(log), _RESIDENCY.findall(log)
+    if len(launches) != len(starts) or len(residencies) != len(starts):
+        raise LogError(f"{len(starts)} kernels finished in the log but {len(launches)} were launched and "
+                       f"{len(residencies)} placed on the SMs")
     kernels, previous = [], dict.fromkeys(_COUNTERS, 0)
     for start, end in zip(starts, [*starts[1:], len(log)]):
         section = log[start:end]
@@ -198,11 +207,14 @@ def parse_log(log: str, latency: int) -> dict:
             values[key] = int(match.group(1))
         own = {key: values[key] - previous[key] for key in _COUNTERS}
         previous = {key: values[key] for key in _COUNTERS}
+        grid, (resident, limit) = [int(v) for v in launches[len(kernels)]], residencies[len(kernels)]
         kernels.append({"name": kernel_name(_KERNEL.match(section).group(1)), "cycles": values["cycles"],
                         "exec_cycles": values["cycles"] - latency, "instructions": values["instructions"],
                         "dram_read_bytes": own["dram_reads"] * DRAM_UNIT_BYTES,
                         "dram_write_bytes": own["dram_writes"] * DRAM_UNIT_BYTES,
-                        "l2_accesses": own["l2_accesses"], "l2_hits": own["l2_accesses"] - own["l2_misses"]})
+                        "l2_accesses": own["l2_accesses"], "l2_hits": own["l2_accesses"] - own["l2_misses"],
+                        "ctas": math.prod(grid[:3]), "threads_per_cta": math.prod(grid[3:]),
+                        "ctas_per_sm": int(resident), "ctas_per_sm_limited_by": limit})
     totals = {key: sum(k[key] for k in kernels) for key in
               ("cycles", "exec_cycles", "instructions", "dram_read_bytes", "dram_write_bytes", "l2_accesses",
                "l2_hits")}
@@ -321,7 +333,7 @@ def simulate(run: SimRun, driver: Path, environment: dict[str, str], gpusim: Pat
         log = (work / "sim.log").read_text(errors="replace")
         if keep_logs is not None:
             keep_logs.mkdir(parents=True, exist_ok=True)
-            shutil.copy(work / "sim.log", keep_logs / (re.sub(r"[^\w.=-]+", "_", run.label) + ".log"))
+            shutil.copy(work / "sim.log", keep_logs / log_name(run.label))
         result = {**run_fields(run), "config_sha256": hashlib.sha256(config_text.encode()).hexdigest()[:16],
                   "simulator": simulator_version(log), "launch_latency": launch_latency(config_text),
                   "wall_seconds": round(time.monotonic() - started, 1), "tolerance": bench.TOLERANCE[case.dtype]}
@@ -338,6 +350,31 @@ def simulate(run: SimRun, driver: Path, environment: dict[str, str], gpusim: Pat
 
 def run_fields(run: SimRun) -> dict:
     return {"config": run.config, "variant": run.variant, **asdict(run.case)}
+
+
+def log_name(label: str) -> str:
+    """The file name under ``--keep-logs`` of the run labelled ``label``."""
+    return re.sub(r"[^\w.=-]+", "_", label) + ".log"
+
+
+def result_run(result: dict) -> SimRun:
+    """The run a result (run_fields) came from."""
+    case = bench.Case(bench.LayerShape(**result["shape"]), result["batch"], result["dtype"], result["layout"],
+                      result["layers"], tuple(result["models"]))
+    return SimRun(result["config"], case, result["variant"])
+
+
+def reread_logs(runs: Sequence[dict], logs: Path) -> int:
+    """Replace the figures parse_log gives of every result of ``runs`` whose log ``--keep-logs`` kept in ``logs``
+    with a new reading of that log (figures the parser has learned since); the check's verdict stays. Returns how
+    many results were re-read."""
+    count = 0
+    for result in (r for run in runs for r in run["results"]):
+        path = logs / log_name(result_run(result).label)
+        if path.is_file():
+            result.update(parse_log(path.read_text(errors="replace"), result["launch_latency"]))
+            count += 1
+    return count
 
 
 # ---- tables --------------------------------------------------------------------------------------------------------
@@ -420,6 +457,24 @@ def target_lines(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
+LAUNCH_HEADERS = ("C", "HxW", "k", "N", "dtype", "layout", "ours: CTAs x threads (CTAs per SM, limited by)",
+                  "copy: CTAs x threads (CTAs per SM, limited by)", "ours instructions / copy's")
+
+
+def _launches(result: dict | None) -> str | None:
+    if result is None or not result["correct"] or "ctas" not in result["kernels"][0]:
+        return None
+    return " / ".join(f"{k['ctas']} x {k['threads_per_cta']} ({k['ctas_per_sm']}, {k['ctas_per_sm_limited_by']})"
+                      for k in result["kernels"])
+
+
+def launch_row(row: dict) -> tuple:
+    """Where a row's cycles can go: each kernel's launch and occupancy, and the instructions against the copy's."""
+    shape = row["shape"]
+    return (shape.channels, f"{shape.height}x{shape.width}", shape.kernel_size, row["batch"], row["dtype"],
+            row["layout"], _launches(row["ours"]), _launches(row["copy"]), _ratio(row["ours"], row["copy"], "instructions"))
+
+
 def environment_line(env: dict) -> str:
     return (f"{env['simulator']}, configs {', '.join(env['configs'])} (cold L2: `{COLD_L2}`; launch latency "
             f"{env['launch_latency']} cycles per kernel), {env['date']}, commit {env['commit']}, {env['nvcc']}")
@@ -466,6 +521,10 @@ def render_markdown(runs: Sequence[dict], before: Sequence[dict] = ()) -> str:
         parts.append(f"Simulated {config}, execution cycles (without the launch latency; totals with it); ratios "
                      "below 1: ours faster:\n\n" + markdown_table(TABLE_HEADERS, [table_row(r) for r in rows])
                      + "\n\n" + "\n".join(target_lines(rows)))
+        if any(_launches(r["ours"]) for r in rows):
+            parts.append(f"Simulated {config}, launches as the simulator placed them (CTAs per SM: how many it holds "
+                         "at once, and the resource that limits it):\n\n"
+                         + markdown_table(LAUNCH_HEADERS, [launch_row(r) for r in rows]))
     if before:
         parts.append("Simulated, our kernel before (runs: "
                      + "; ".join(environment_line(run["environment"]) for run in before) + ") and after:\n\n"
@@ -501,17 +560,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "earlier results of a case and variant)")
     parser.add_argument("--before", nargs="+", type=Path, metavar="PATH",
                         help="with --from-json: --json files of an earlier kernel, to compare ours with")
+    parser.add_argument("--logs", nargs="+", type=Path, metavar="DIR",
+                        help="with --from-json: re-read the figures of every result whose log --keep-logs kept "
+                             "in DIR (for figures added to the parser since the run)")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.timeout <= 0:
         parser.error("--jobs and --timeout must be positive")
+    if (args.before or args.logs) and not args.from_json:
+        parser.error("--before and --logs go with --from-json")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
-        text = render_markdown([json.loads(path.read_text()) for path in args.from_json],
-                               [json.loads(path.read_text()) for path in args.before or ()])
+        runs = [json.loads(path.read_text()) for path in args.from_json]
+        for logs in args.logs or ():
+            print(f"re-read {reread_logs(runs, logs)} results from the logs in {logs}", file=sys.stderr)
+        text = render_markdown(runs, [json.loads(path.read_text()) for path in args.before or ()])
         print(text, end="")
         if args.markdown:
             args.markdown.write_text(text)

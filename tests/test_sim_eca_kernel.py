@@ -75,6 +75,34 @@ def test_parse_log_gives_each_kernel_its_own_cycles_and_traffic():
     assert all(k["instructions"] > 0 for k in parsed["kernels"])
 
 
+def test_parse_log_gives_each_kernel_its_launch_and_what_limits_its_ctas_per_sm():
+    kernels = sim.parse_log(naive_log(), LATENCY)["kernels"]
+    # read off the log by hand: "gridDim= (16,1,1) blockDim = (256,1,1)", "CTA/core = 8, limited by: threads regs"
+    assert [(k["ctas"], k["threads_per_cta"], k["ctas_per_sm"], k["ctas_per_sm_limited_by"]) for k in kernels] == [
+        (16, 256, 8, "threads"), (1, 256, 8, "threads regs"), (1, 256, 8, "threads"), (1, 256, 8, "threads")]
+
+
+def test_parse_log_refuses_a_log_whose_launches_do_not_match_its_kernels():
+    log = naive_log()
+    placed = log.index("GPGPU-Sim uArch: CTA/core")
+    with pytest.raises(sim.LogError, match="4 kernels finished in the log but 4 were launched and 3 placed"):
+        sim.parse_log(log[:placed] + log[log.index("\n", placed):], LATENCY)
+
+
+def test_reread_logs_updates_the_figures_of_results_whose_log_was_kept(tmp_path):
+    case = bench.Case(bench.LayerShape(16, 4, 4, 3), 1, "fp16", "nchw", 1, ("test",))
+    kept, lost = (sim.run_fields(sim.SimRun(sim.A100, case, variant)) for variant in ("naive", "copy"))
+    for result in (kept, lost):
+        result.update(launch_latency=LATENCY, correct=True, error=1e-4, kernels=[{"exec_cycles": 1}], exec_cycles=1)
+    (tmp_path / sim.log_name(sim.result_run(kept).label)).write_text(naive_log())
+    assert sim.result_run(kept) == sim.SimRun(sim.A100, case, "naive")
+    assert sim.reread_logs([{"results": [kept, lost]}], tmp_path) == 1
+    assert [k["ctas"] for k in kept["kernels"]] == [16, 1, 1, 1] and kept["exec_cycles"] == sum(
+        c for _, c, *_ in NAIVE_KERNELS) - 4 * LATENCY
+    assert kept["correct"] and kept["error"] == 1e-4  # the check's verdict stays
+    assert lost["kernels"] == [{"exec_cycles": 1}]
+
+
 def test_parse_log_refuses_a_log_that_ends_inside_a_kernel():
     log = naive_log()
     with pytest.raises(sim.LogError, match="no kernel finished"):
@@ -156,6 +184,17 @@ def test_a_later_run_replaces_an_earlier_result_of_the_same_case_and_variant():
     latest = sim.latest_results([first, second])
     assert sorted((r["variant"], r["exec_cycles"]) for r in latest) == [("copy", 1000), ("naive", 6000),
                                                                        ("ours", 2500)]
+
+
+def test_launch_table_shows_each_kernels_placement_beside_the_copys():
+    results = [_result("ours", 1500), _result("naive", 6000, kernels=4), _result("copy", 1000)]
+    results[0]["kernels"] = [{"exec_cycles": 1500, "ctas": 20, "threads_per_cta": 256, "ctas_per_sm": 2,
+                              "ctas_per_sm_limited_by": "regs"}]
+    results[0]["instructions"], results[2]["instructions"] = 900, 100
+    results[2]["kernels"] = [{"exec_cycles": 1000, "ctas": 98, "threads_per_cta": 256, "ctas_per_sm": 8,
+                              "ctas_per_sm_limited_by": "threads"}]
+    row = sim.launch_row(sim.comparison_rows(results)[sim.A100][0])
+    assert row[6:] == ("20 x 256 (2, regs)", "98 x 256 (8, threads)", 9.0)
 
 
 def test_a_wrong_result_is_listed_and_never_compared():
