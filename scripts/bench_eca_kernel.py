@@ -64,7 +64,9 @@ COMPILE_MODES = ("max-autotune-no-cudagraphs", "default")
 TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 ELEMENT_BYTES = {"fp16": 2, "fp32": 4, "bf16": 2}
 TOLERANCE = {"fp32": 2e-5, "fp16": 2e-3, "bf16": 1.6e-2}  # max |y - ref| / (1 + |ref|), as scripts/gpu_check.py
-TWO_LAUNCH_READS_OF_X = 2  # eca_forward: the pooling launch reads x, the scaling launch reads it again
+#: eca_forward reads x once where it launches once (NCHW; channels-last maps of up to 256 pixels), twice where
+#: it pools in one launch and scales in another (larger channels-last maps: --reads-of-x 2)
+DEFAULT_READS_OF_X = 1
 IMAGE_SIZE = 224
 POOL_L2_MULTIPLE = 2       # the input pool holds more than this many L2 caches' worth of bytes
 POOL_MAX_BUFFERS = 4096
@@ -117,7 +119,7 @@ class Case:
         """Bytes of one x (and of one y)."""
         return self.elements * ELEMENT_BYTES[self.dtype]
 
-    def bytes_moved(self, reads_of_x: int = TWO_LAUNCH_READS_OF_X) -> int:
+    def bytes_moved(self, reads_of_x: int = DEFAULT_READS_OF_X) -> int:
         """DRAM bytes the design moves per call: ``reads_of_x`` reads of x and one write of y
         (the k taps and the N x C means are a rounding error next to them)."""
         return (reads_of_x + 1) * self.tensor_bytes
@@ -541,8 +543,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=25, help="untimed calls first (call-by-call timing)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--compile-mode", default=COMPILE_MODES[0], choices=COMPILE_MODES)
-    parser.add_argument("--reads-of-x", type=int, default=TWO_LAUNCH_READS_OF_X, choices=(1, 2),
-                        help="reads of x in the bytes model: 2 for the two-launch kernel, 1 for a single pass")
+    parser.add_argument("--reads-of-x", type=int, default=DEFAULT_READS_OF_X, choices=(1, 2),
+                        help="reads of x in the bytes model: 1 (default) where the kernel launches once, 2 for "
+                             "its two-launch path (channels-last maps above 256 pixels)")
     parser.add_argument("--commit", help="commit to record (default: git describe of this checkout)")
     parser.add_argument("--json", type=Path, help="write all results as JSON")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown (for BENCHMARKS.md)")
