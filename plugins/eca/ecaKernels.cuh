@@ -38,6 +38,8 @@ inline constexpr int kTileRowBytes = 128;    //!< bytes of a pixel row one chann
 inline constexpr int kVecsPerThread = 4;     //!< 16-byte vectors a thread of a plane group aims to load
 //! 16-byte vectors of its plane a lane of the single-launch kernel keeps in registers between reading and scaling
 inline constexpr int kHeldVectors = 16;
+//! Pass-1 partial sums a gate loads before it adds the first (sumOfSplits).
+inline constexpr int kSplitsInFlight = 8;
 //! Floats of groupReduce's scratch: the static shared memory of the kernels that reduce planes.
 inline constexpr int kReduceScratchFloats = kMaxBlockThreads / kWarpSize;
 
@@ -432,19 +434,39 @@ __global__ void __launch_bounds__(kMaxBlockThreads) ecaChannelSumsNhwc(T const* 
     }
 }
 
+//! Sum of a channel's `splits` pass-1 partial sums, added in split order. The loads go out kSplitsInFlight at a time
+//! before the first is added: one at a time, each add waited for its L2 round trip (simulated A100, 49 splits of
+//! a 16 x 112 x 112 FP16 map: the channels-last gate took 18,928 cycles, 8,562 with this).
+__device__ __forceinline__ float sumOfSplits(float const* __restrict__ channelSums, int splits)
+{
+    float sum = 0.f;
+    for (int first = 0; first < splits; first += kSplitsInFlight)
+    {
+        float parts[kSplitsInFlight];
+#pragma unroll
+        for (int j = 0; j < kSplitsInFlight; ++j)
+        {
+            parts[j] = first + j < splits ? channelSums[first + j] : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < kSplitsInFlight; ++j)
+        {
+            if (first + j < splits)
+            {
+                sum += parts[j];
+            }
+        }
+    }
+    return sum;
+}
+
 //! Gate of channel c of the sample whose sums start at sampleSums, from the pass-1 sums.
 template <typename T>
 __device__ __forceinline__ float gateFromSums(float const* __restrict__ sampleSums, T const* __restrict__ weight,
     int kernelSize, int c, int channels, int padMode, int splits, float hw)
 {
-    return channelGate(weight, kernelSize, c, channels, padMode, [&](int ch) {
-        float sum = 0.f;
-        for (int s = 0; s < splits; ++s)
-        {
-            sum += sampleSums[static_cast<index_t>(ch) * splits + s];
-        }
-        return sum / hw;
-    });
+    return channelGate(weight, kernelSize, c, channels, padMode,
+        [&](int ch) { return sumOfSplits(sampleSums + static_cast<index_t>(ch) * splits, splits) / hw; });
 }
 
 //! Pass 2, NCHW: block b gates elements [b * chunk, (b + 1) * chunk) of the flat tensor; it first
@@ -513,11 +535,7 @@ __global__ void __launch_bounds__(kMaxBlockThreads) ecaGateNhwc(T const* __restr
             for (int i = tid; i < window.count; i += threads)
             {
                 int const ch = windowChannel(window, i, channels, padMode);
-                float sum = 0.f;
-                for (int s = 0; ch >= 0 && s < splits; ++s)
-                {
-                    sum += sampleSums[static_cast<index_t>(ch) * splits + s];
-                }
+                float const sum = ch >= 0 ? sumOfSplits(sampleSums + static_cast<index_t>(ch) * splits, splits) : 0.f;
                 means[i] = sum / static_cast<float>(hw);
             }
             __syncthreads();

@@ -113,6 +113,14 @@ MUTATIONS = (
     Mutation("single launch accepting lanes per plane that are no power of two", "ecaKernel.cu",
              "isPowerOfTwo(config.lanesPerPlane) && ", "",
              (ODD_LANES,), frozenset({"status", "shared-race", "wrong-result"})),
+    Mutation("split sums added past a channel's last one", "ecaKernels.cuh",
+             "            parts[j] = first + j < splits ? channelSums[first + j] : 0.f;\n        }\n#pragma unroll\n"
+             "        for (int j = 0; j < kSplitsInFlight; ++j)\n        {\n            if (first + j < splits)\n"
+             "            {\n                sum += parts[j];\n            }\n",
+             "            parts[j] = channelSums[first + j];\n        }\n#pragma unroll\n"
+             "        for (int j = 0; j < kSplitsInFlight; ++j)\n        {\n            {\n"
+             "                sum += parts[j];\n            }\n",
+             (TWO_LAUNCHES, CHANNELS_LAST), frozenset({"wrong-result", "uninitialised-read", "out-of-bounds"})),
     Mutation("a thread leaving before a barrier", "ecaKernels.cuh",
              "    extern __shared__ float gates[];\n",
              "    extern __shared__ float gates[];\n    if (threadIdx.x == blockDim.x - 1)\n    {\n        return;\n    }\n",
