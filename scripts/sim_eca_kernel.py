@@ -366,13 +366,17 @@ def result_run(result: dict) -> SimRun:
 
 def reread_logs(runs: Sequence[dict], logs: Path) -> int:
     """Replace the figures parse_log gives of every result of ``runs`` whose log ``--keep-logs`` kept in ``logs``
-    with a new reading of that log (figures the parser has learned since); the check's verdict stays. Returns how
-    many results were re-read."""
+    with a new reading of that log (figures the parser has learned since); the check's verdict stays. A log of the
+    same case whose cycles differ from the result's is another run's (an earlier kernel's) and is left alone.
+    Returns how many results were re-read."""
     count = 0
     for result in (r for run in runs for r in run["results"]):
         path = logs / log_name(result_run(result).label)
-        if path.is_file():
-            result.update(parse_log(path.read_text(errors="replace"), result["launch_latency"]))
+        if not path.is_file():
+            continue
+        figures = parse_log(path.read_text(errors="replace"), result["launch_latency"])
+        if [k["cycles"] for k in figures["kernels"]] == [k.get("cycles") for k in result["kernels"]]:
+            result.update(figures)
             count += 1
     return count
 
@@ -562,7 +566,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with --from-json: --json files of an earlier kernel, to compare ours with")
     parser.add_argument("--logs", nargs="+", type=Path, metavar="DIR",
                         help="with --from-json: re-read the figures of every result whose log --keep-logs kept "
-                             "in DIR (for figures added to the parser since the run)")
+                             "in DIR (for figures added to the parser since the run); a log whose cycles differ "
+                             "from the result's is another run's and is skipped")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.timeout <= 0:
         parser.error("--jobs and --timeout must be positive")

@@ -91,16 +91,19 @@ def test_parse_log_refuses_a_log_whose_launches_do_not_match_its_kernels():
 
 def test_reread_logs_updates_the_figures_of_results_whose_log_was_kept(tmp_path):
     case = bench.Case(bench.LayerShape(16, 4, 4, 3), 1, "fp16", "nchw", 1, ("test",))
-    kept, lost = (sim.run_fields(sim.SimRun(sim.A100, case, variant)) for variant in ("naive", "copy"))
-    for result in (kept, lost):
-        result.update(launch_latency=LATENCY, correct=True, error=1e-4, kernels=[{"exec_cycles": 1}], exec_cycles=1)
-    (tmp_path / sim.log_name(sim.result_run(kept).label)).write_text(naive_log())
+    kept, lost, other = (sim.run_fields(sim.SimRun(sim.A100, case, variant)) for variant in ("naive", "copy", "ours"))
+    for result in (kept, lost, other):
+        result.update(launch_latency=LATENCY, correct=True, error=1e-4, exec_cycles=0,
+                      kernels=[{"cycles": c, "exec_cycles": c - LATENCY} for _, c, *_ in NAIVE_KERNELS])
+    other["kernels"][0]["cycles"] += 1  # an earlier kernel's run of the case
+    for result in (kept, other):
+        (tmp_path / sim.log_name(sim.result_run(result).label)).write_text(naive_log())
     assert sim.result_run(kept) == sim.SimRun(sim.A100, case, "naive")
-    assert sim.reread_logs([{"results": [kept, lost]}], tmp_path) == 1
+    assert sim.reread_logs([{"results": [kept, lost, other]}], tmp_path) == 1
     assert [k["ctas"] for k in kept["kernels"]] == [16, 1, 1, 1] and kept["exec_cycles"] == sum(
         c for _, c, *_ in NAIVE_KERNELS) - 4 * LATENCY
     assert kept["correct"] and kept["error"] == 1e-4  # the check's verdict stays
-    assert lost["kernels"] == [{"exec_cycles": 1}]
+    assert "ctas" not in lost["kernels"][0] and "ctas" not in other["kernels"][0]
 
 
 def test_parse_log_refuses_a_log_that_ends_inside_a_kernel():
