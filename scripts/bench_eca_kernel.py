@@ -559,6 +559,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_run(run: dict, json_path: Path | None, markdown_path: Path | None,
+              render: Callable[[Sequence[dict]], str]) -> None:
+    """Write ``run`` as JSON and its tables (``render([run])``) as Markdown where asked, and print the tables."""
+    if json_path:
+        json_path.write_text(json.dumps(run, indent=1) + "\n")
+    text = render([run])
+    if markdown_path:
+        markdown_path.write_text(text)
+    print("\n" + text, end="")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json:
@@ -602,12 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{index}/{len(plan)} {time.monotonic() - started:.0f}s] {case_line(layers[-1])}", flush=True)
     models = bench_models(args, device) if args.only != "layers" else []
     run = {"environment": env, "layers": layers, "models": models}
-    if args.json:
-        args.json.write_text(json.dumps(run, indent=1) + "\n")
-    text = render_markdown([run])
-    if args.markdown:
-        args.markdown.write_text(text)
-    print("\n" + text, end="")
+    write_run(run, args.json, args.markdown, render_markdown)
     return 1 if any(not r["correct"] for r in layers) or any(not m["correct"] for m in models) else 0
 
 

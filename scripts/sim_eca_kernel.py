@@ -623,13 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(one, runs))
-    document = {"environment": env, "results": results}
-    if args.json:
-        args.json.write_text(json.dumps(document, indent=1) + "\n")
-    text = render_markdown([document])
-    if args.markdown:
-        args.markdown.write_text(text)
-    print("\n" + text, end="")
+    bench.write_run({"environment": env, "results": results}, args.json, args.markdown, render_markdown)
     return 1 if any(not r["correct"] for r in results) else 0
 
 
