@@ -3,12 +3,12 @@ reference in several block and thread orders, the sanitizer builds, and the edge
 
 By default the grid is a deterministic sample (about 900 cases, every value of every axis); with
 ``python -m pytest tests/test_kernel_emu.py --emu-full -s`` it is the full grid, and the test prints the
-summary BENCHMARKS.md records. Builds are cached in $XDG_CACHE_HOME/eca_deploy/kernel_emu.
+summary BENCHMARKS.md records. Builds are cached in $XDG_CACHE_HOME/eca_deploy/kernel_emu, and so are the
+full grid's finished batches (``results/``): a run stopped part way resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import time
 from dataclasses import replace
@@ -40,6 +40,7 @@ from kernel_emu.cases import (
 )
 from kernel_emu.runner import Launch, failures, run_cases, summary
 
+from eca_deploy.resources import cache_root
 from eca_deploy.tensorrt.nvrtc import MAX_DYNAMIC_SHARED_BYTES, single_launch_params
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
@@ -91,22 +92,29 @@ def test_half_and_bfloat16_conversions_round_to_nearest_even(checked: Build, tmp
 
 # --- the grid ----------------------------------------------------------------------------------------------------
 
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def test_grid_matches_the_reference_bitwise_the_same_in_every_order(checked: Build, request: pytest.FixtureRequest,
                                                                     capsys: pytest.CaptureFixture[str]):
     full = request.config.getoption("--emu-full")
     cases = full_grid() if full else sampled_grid()
-    started, cpu = time.perf_counter(), _children_cpu_seconds()
-    outcomes = run_cases(checked, cases)
+    started = time.perf_counter()
+    outcomes = run_cases(checked, cases, store=cache_root() / "kernel_emu" / "results" if full else None)
     if full:
         with capsys.disabled():
             print(f"\nkernel_emu full grid (checked build, orders {ORDERS}):\n"
-                  f"{summary(outcomes, time.perf_counter() - started, _children_cpu_seconds() - cpu)}")
+                  f"{summary(outcomes, time.perf_counter() - started)}")
     assert all(o.passed for o in outcomes), failures(outcomes)
+
+
+def test_a_stored_grid_loads_the_batches_an_earlier_run_finished(checked: Build, tmp_path: Path):
+    """--emu-full keeps finished batches, so a grid longer than one sitting completes over several runs; another
+    order list (or another build) is another grid."""
+    cases = [Case(n, 17, 5, 7, 3, dtype=dtype) for n in (1, 2) for dtype in ("fp32", "fp16", "bf16")]
+    first = run_cases(checked, cases, orders=ORDERS[:1], jobs=1, store=tmp_path)
+    assert all(o.passed and not o.resumed and o.cpu_seconds > 0 for o in first), failures(first)
+    again = run_cases(checked, cases, orders=ORDERS[:1], jobs=1, store=tmp_path)
+    assert all(o.resumed for o in again)
+    assert [replace(o, resumed=False) for o in again] == first
+    assert not any(o.resumed for o in run_cases(checked, cases[:2], orders=ORDERS, jobs=1, store=tmp_path))
 
 
 @pytest.mark.parametrize("variant", [ASAN, TSAN], ids=lambda v: v.name)

@@ -8,10 +8,16 @@ finite with HWC8 padding channels zero, every run (index order, then seeded bloc
 other poison) gives the same bits, and |y - ref| <= tol * (1 + |ref|) with gpu_check.py's tolerances.
 A failed emulator or sanitizer check ends the driver: that case fails with the report, and the batch goes on
 in a new process.
+
+Given a BatchStore, the outcomes of every finished batch are kept on disk, keyed by the builds (whose names hold
+their sources' digests), the orders and the batch's cases: a run of the same grid on the same builds loads them
+instead of running them again, so a grid longer than one sitting completes over several.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -19,7 +25,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +77,8 @@ class Outcome:
     max_error: float = 0.0
     accesses: int = 0
     launches: tuple[Launch, ...] = ()
+    cpu_seconds: float = 0.0  # the driver's, for this case (0 where the driver died in it)
+    resumed: bool = False  # loaded from a BatchStore, run by an earlier run
 
     @property
     def passed(self) -> bool:
@@ -153,7 +161,8 @@ def _launches(result: dict[str, str]) -> tuple[Launch, ...]:
 
 def _check(case: Case, result: dict[str, str], y_stored: np.ndarray, x: np.ndarray, taps: np.ndarray,
            counts_writes: bool) -> Outcome:
-    outcome = Outcome(case, accesses=int(result["accesses"]), launches=_launches(result))
+    outcome = Outcome(case, accesses=int(result["accesses"]), launches=_launches(result),
+                      cpu_seconds=float(result["cpu_s"]))
     status, launches = int(result["status"]), int(result["launches"])
     threads = [launch.threads for launch in outcome.launches]
 
@@ -220,6 +229,49 @@ def _run_batch(build: Build, cases: Sequence[Case], orders: Sequence[int]) -> li
         return outcomes
 
 
+class BatchStore:
+    """Outcomes of finished batches in ``folder``, one JSON file per batch, for the builds and orders given."""
+
+    def __init__(self, folder: Path, build: Build, orders: Sequence[int]) -> None:
+        key = repr((str(build.driver), str(build.kernels.path), str(build.bridge), tuple(orders)))
+        self.folder = folder / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _path(self, cases: Sequence[Case]) -> Path:
+        names = "\n".join(case.name for case in cases)
+        return self.folder / f"batch-{hashlib.sha256(names.encode()).hexdigest()[:24]}.json"
+
+    def load(self, cases: Sequence[Case]) -> list[Outcome] | None:
+        """The batch's outcomes if an earlier run finished it, else None."""
+        path = self._path(cases)
+        if not path.is_file():
+            return None
+        by_name = {case.name: case for case in cases}
+        return [Outcome(**{**record, "case": by_name[record["case"]], "resumed": True,
+                           "launches": tuple(Launch(**{**launch, "grid": tuple(launch["grid"])})
+                                                   for launch in record["launches"])})
+                for record in json.loads(path.read_text())]
+
+    def save(self, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> None:
+        """Keep a finished batch (written to a temporary file first: an interrupted save leaves nothing)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        records = [{**asdict(outcome), "case": outcome.case.name, "resumed": False} for outcome in outcomes]
+        path = self._path(cases)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(records))
+        temporary.replace(path)
+
+
+def _stored_batch(build: Build, cases: Sequence[Case], orders: Sequence[int],
+                  store: BatchStore | None) -> list[Outcome]:
+    """The batch's outcomes: from the store where an earlier run kept them, else run (and then kept)."""
+    outcomes = store.load(cases) if store else None
+    if outcomes is None:
+        outcomes = _run_batch(build, cases, orders)
+        if store:
+            store.save(cases, outcomes)
+    return outcomes
+
+
 def _scratch() -> str | None:
     return "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
 
@@ -235,13 +287,15 @@ def _batches(cases: Sequence[Case], jobs: int) -> list[list[Case]]:
 
 
 def run_cases(build: Build, cases: Sequence[Case], orders: Sequence[int] = ORDERS,
-              jobs: int | None = None) -> list[Outcome]:
+              jobs: int | None = None, store: Path | None = None) -> list[Outcome]:
     """Every case's outcome (in the order of ``cases``): one run per order seed (bits compared between runs),
-    ``jobs`` driver processes at a time (default: one per CPU)."""
+    ``jobs`` driver processes at a time (default: one per CPU); with ``store``, finished batches are kept there
+    and those an earlier run kept are loaded, not run."""
     jobs = jobs or os.cpu_count() or 1
+    kept = BatchStore(store, build, orders) if store else None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        outcomes = [outcome for batch in pool.map(lambda b: _run_batch(build, b, orders), _batches(cases, jobs))
-                    for outcome in batch]
+        batches = pool.map(lambda batch: _stored_batch(build, batch, orders, kept), _batches(cases, jobs))
+        outcomes = [outcome for batch in batches for outcome in batch]
     by_case = {outcome.case: outcome for outcome in outcomes}
     return [by_case[case] for case in cases]
 
@@ -254,12 +308,16 @@ def failures(outcomes: Sequence[Outcome], limit: int = 10) -> str:
     return "\n".join(lines)
 
 
-def summary(outcomes: Sequence[Outcome], seconds: float, cpu_seconds: float) -> str:
-    """Cases, failures, worst error per dtype, checked accesses, wall time and the drivers' CPU time, as
-    Markdown lines."""
+def summary(outcomes: Sequence[Outcome], seconds: float) -> str:
+    """Cases, failures, worst error per dtype, checked accesses, this run's wall time and the drivers' CPU time
+    (of every run, where outcomes were resumed), as Markdown lines."""
     failed = sum(not o.passed for o in outcomes)
-    cpu = f"{cpu_seconds / 60:.1f} min CPU in the drivers"
+    resumed = sum(o.resumed for o in outcomes)
+    cpu = f"{sum(o.cpu_seconds for o in outcomes) / 60:.1f} min CPU in the drivers"
     lines = [f"- {len(outcomes)} cases, {failed} failed, {seconds / 60:.1f} min wall, {cpu}"]
+    if resumed:
+        lines.append(f"- {resumed} cases resumed from earlier runs of the same builds (the wall time is this run's; "
+                     "the CPU time is every run's)")
     for dtype in TOLERANCE:
         errors = [o.max_error for o in outcomes if o.case.dtype == dtype]
         if errors:

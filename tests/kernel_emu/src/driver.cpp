@@ -14,7 +14,8 @@
  *   per_block grid block shared lanes; plugin: max_n max_h max_w.
  * Every run starts from y and workspace poisoned with another NaN pattern. The driver prints "begin name=..."
  * before a case and after it "name=... status=... launches=... kernels=... grids=... threads=... shared=...
- * deterministic=0|1 unwritten=... accesses=... workspace=...", and writes y's bytes of the first run at y_at.
+ * deterministic=0|1 unwritten=... accesses=... workspace=... cpu_s=..." (the CPU seconds the case took), and writes
+ * y's bytes of the first run at y_at.
  * A failed check ends the process with exit status 3 and its report on stderr.
  *
  * convert: IN holds N float32 and then N uint16; OUT gets their __float2half_rn and __float2bfloat16_rn bits,
@@ -29,6 +30,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -271,6 +273,15 @@ std::vector<std::uint64_t> seeds(std::string const& text)
 }
 
 //! "a;b;c" of one field of every launch.
+//! CPU seconds this process has used, every thread counted (the threads mode runs a case on many).
+double cpuSeconds()
+{
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec)
+        + 1e-6 * static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
+
 template <typename Field>
 std::string joined(std::vector<emu::LaunchRecord> const& log, Field field)
 {
@@ -284,6 +295,7 @@ std::string joined(std::vector<emu::LaunchRecord> const& log, Field field)
 
 void runCase(std::string const& line, Library const& library, MappedFile const& inputs, MappedFile const& outputs)
 {
+    double const cpuAtStart = cpuSeconds();
     Fields const fields(line);
     Case const thisCase(fields, library);
     emu::resetDevice();
@@ -348,7 +360,8 @@ void runCase(std::string const& line, Library const& library, MappedFile const& 
               << " shared=" << joined(firstLog, [](auto const& r) { return r.sharedBytes; })
               << " errors=" << joined(firstLog, [](auto const& r) { return static_cast<int>(r.error); })
               << " deterministic=" << deterministic << " unwritten=" << unwritten
-              << " accesses=" << emu::takeCheckedAccesses() << " workspace=" << workspaceBytes << std::endl;
+              << " accesses=" << emu::takeCheckedAccesses() << " workspace=" << workspaceBytes
+              << " cpu_s=" << cpuSeconds() - cpuAtStart << std::endl;
 }
 
 //! The conversion test: see the file comment.
