@@ -10,6 +10,7 @@ full grid's finished batches (``results/``): a run stopped part way resumes wher
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -97,7 +98,13 @@ def test_grid_matches_the_reference_bitwise_the_same_in_every_order(checked: Bui
     full = request.config.getoption("--emu-full")
     cases = full_grid() if full else sampled_grid()
     started = time.perf_counter()
-    outcomes = run_cases(checked, cases, store=cache_root() / "kernel_emu" / "results" if full else None)
+
+    def progress(done: int, batches: int) -> None:  # sys.__stderr__: not capsys's stream, so -s shows it live
+        print(f"kernel_emu full grid: {done}/{batches} batches, {(time.perf_counter() - started) / 60:.1f} min",
+              file=sys.__stderr__, flush=True)
+
+    outcomes = run_cases(checked, cases, store=cache_root() / "kernel_emu" / "results" if full else None,
+                         progress=progress if full else None)
     if full:
         with capsys.disabled():
             print(f"\nkernel_emu full grid (checked build, orders {ORDERS}):\n"
@@ -109,8 +116,11 @@ def test_a_stored_grid_loads_the_batches_an_earlier_run_finished(checked: Build,
     """--emu-full keeps finished batches, so a grid longer than one sitting completes over several runs; another
     order list (or another build) is another grid."""
     cases = [Case(n, 17, 5, 7, 3, dtype=dtype) for n in (1, 2) for dtype in ("fp32", "fp16", "bf16")]
-    first = run_cases(checked, cases, orders=ORDERS[:1], jobs=1, store=tmp_path)
+    calls = []
+    first = run_cases(checked, cases, orders=ORDERS[:1], jobs=1, store=tmp_path,
+                      progress=lambda done, batches: calls.append((done, batches)))
     assert all(o.passed and not o.resumed and o.cpu_seconds > 0 for o in first), failures(first)
+    assert calls == [(done, len(cases)) for done in range(1, len(cases) + 1)]  # a batch per case here
     again = run_cases(checked, cases, orders=ORDERS[:1], jobs=1, store=tmp_path)
     assert all(o.resumed for o in again)
     assert [replace(o, resumed=False) for o in again] == first

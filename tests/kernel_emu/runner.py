@@ -23,8 +23,8 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -287,15 +287,19 @@ def _batches(cases: Sequence[Case], jobs: int) -> list[list[Case]]:
 
 
 def run_cases(build: Build, cases: Sequence[Case], orders: Sequence[int] = ORDERS,
-              jobs: int | None = None, store: Path | None = None) -> list[Outcome]:
+              jobs: int | None = None, store: Path | None = None,
+              progress: Callable[[int, int], None] | None = None) -> list[Outcome]:
     """Every case's outcome (in the order of ``cases``): one run per order seed (bits compared between runs),
     ``jobs`` driver processes at a time (default: one per CPU); with ``store``, finished batches are kept there
-    and those an earlier run kept are loaded, not run."""
+    and those an earlier run kept are loaded, not run. ``progress(done, batches)`` is called as batches finish."""
     jobs = jobs or os.cpu_count() or 1
     kept = BatchStore(store, build, orders) if store else None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        batches = pool.map(lambda batch: _stored_batch(build, batch, orders, kept), _batches(cases, jobs))
-        outcomes = [outcome for batch in batches for outcome in batch]
+        futures = [pool.submit(_stored_batch, build, batch, orders, kept) for batch in _batches(cases, jobs)]
+        for done, _ in enumerate(as_completed(futures), 1):
+            if progress:
+                progress(done, len(futures))
+        outcomes = [outcome for future in futures for outcome in future.result()]
     by_case = {outcome.case: outcome for outcome in outcomes}
     return [by_case[case] for case in cases]
 
