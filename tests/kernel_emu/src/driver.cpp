@@ -272,7 +272,6 @@ std::vector<std::uint64_t> seeds(std::string const& text)
     return values;
 }
 
-//! "a;b;c" of one field of every launch.
 //! CPU seconds this process has used, every thread counted (the threads mode runs a case on many).
 double cpuSeconds()
 {
@@ -282,6 +281,7 @@ double cpuSeconds()
         + 1e-6 * static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
 }
 
+//! "a;b;c" of one field of every launch.
 template <typename Field>
 std::string joined(std::vector<emu::LaunchRecord> const& log, Field field)
 {
